@@ -1,0 +1,474 @@
+"""Typed json5 configuration: `base_config` inheritance, deep merge, strict validation.
+
+A config file is json5. It may name a `base_config`; that path is looked up relative to the file
+that names it first and then, for Amphion compatibility (`"base_config": "config/valle.json"`),
+relative to the repository root. Files are merged deepest-base first, each later file overriding
+leaf keys. The merged tree is then checked against the dataclasses below:
+
+* an unknown key is an error naming the key, the file that set it and the closest valid key;
+* a wrong type is an error naming the key, the file, the expected and the found type;
+* cross-field rules (e.g. `preprocess.max_duration > preprocess.min_duration`) are checked.
+
+Relative *paths inside* a config (`processed_dir`, `log_dir`, `dataset_path.*`, ...) are resolved
+relative to the repository root by `resolve_path`, never relative to the current directory, so a
+recipe behaves the same from any working directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import json5
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class ConfigError(ValueError):
+    """A config file is wrong; the message names the file and the key."""
+
+
+# --------------------------------------------------------------------------------------------
+# Sections. Every field is a config key; the comment after it is its documentation (README).
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PreprocessConfig:
+    extract_phone: bool = True  # run G2P in stage 1
+    phone_extractor: str = "espeak"  # G2P backend: "espeak" (phonemizer + espeak-ng)
+    phone_language: str = "en-us"  # espeak-ng language code
+    extract_acoustic_token: bool = True  # run the codec in stage 1
+    acoustic_token_extractor: str = "Encodec"  # codec: "Encodec" (24 kHz, 8 codebooks at 6 kbps)
+    acoustic_token_dir: str = "acoustic_tokens"  # folder (inside processed_dir/<dataset>) for codes
+    use_phone: bool = True  # model input is phones (the only supported text input)
+    use_acoustic_token: bool = True  # model target is codec tokens (the only supported target)
+    processed_dir: str = "data/processed"  # stage-1 output root (relative = repository root)
+    symbols_dict: str = "symbols.dict"  # phone table file name inside processed_dir
+    existing_symbols_dict: str = ""  # reuse this phone table unchanged (e.g. a release's)
+    sample_rate: int = 24000  # codec sample rate; audio is resampled to it
+    codec_hop_size: int = 320  # samples per codec frame (24000 / 320 = 75 frames/s)
+    codec_bandwidth: float = 6.0  # EnCodec bandwidth in kbps; 6.0 = 8 codebooks
+    codec_pretrained: bool = True  # official EnCodec weights; false = random init (demo/tests)
+    codec_checkpoint: str = ""  # local EnCodec weights file (no network needed)
+    codec_init_seed: int = 0  # seed of the k-means init of a random-init codec
+    codec_batch_seconds: float = 60.0  # total audio seconds per codec batch
+    num_workers: int = 1  # stage-1 worker processes (per device list entry with --gpu)
+    min_duration: float = 0.5  # utterances shorter than this (s) are rejected
+    max_duration: float = 14.0  # utterances longer than this (s) are rejected
+    train_file: str = "train.json"  # name of the training split (Amphion key; stem is used)
+    valid_file: str = "valid.json"  # name of the validation split (Amphion key; stem is used)
+    libritts_train_subsets: list[str] = field(default_factory=lambda: ["train-clean-100"])
+    libritts_valid_subsets: list[str] = field(default_factory=lambda: ["dev-clean"])
+    libritts_test_subsets: list[str] = field(default_factory=list)
+    valid_fraction: float = 0.0  # held-out fraction for corpora without a valid subset
+    test_fraction: float = 0.0  # held-out test fraction for corpora without a test subset
+    split_seed: int = 42  # seed of the held-out split
+
+    def validate(self) -> None:
+        _check(self.min_duration >= 0, "min_duration", "must be >= 0")
+        _check(
+            self.max_duration > self.min_duration,
+            "max_duration",
+            f"must be greater than min_duration ({self.max_duration} <= {self.min_duration})",
+        )
+        _check(self.sample_rate > 0, "sample_rate", "must be positive")
+        _check(self.codec_hop_size > 0, "codec_hop_size", "must be positive")
+        _check(
+            self.codec_bandwidth in (1.5, 3.0, 6.0, 12.0, 24.0),
+            "codec_bandwidth",
+            "must be one of 1.5, 3.0, 6.0, 12.0, 24.0 (EnCodec 24 kHz bandwidths)",
+        )
+        _check(self.phone_extractor == "espeak", "phone_extractor", "only 'espeak' is supported")
+        _check(
+            self.acoustic_token_extractor.lower() == "encodec",
+            "acoustic_token_extractor",
+            "only 'Encodec' is supported",
+        )
+        _check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        _check(self.codec_batch_seconds > 0, "codec_batch_seconds", "must be positive")
+        for key in ("valid_fraction", "test_fraction"):
+            _check(0.0 <= getattr(self, key) < 1.0, key, "must be in [0, 1)")
+        _check(
+            self.valid_fraction + self.test_fraction < 1.0,
+            "test_fraction",
+            "valid_fraction + test_fraction must be < 1",
+        )
+
+
+@dataclass
+class ModelConfig:
+    text_token_num: int = 512  # phone vocabulary size (embedding rows)
+    audio_token_num: int = 1024  # codec codebook size; EOS id = audio_token_num
+    decoder_dim: int = 1024  # transformer width
+    nhead: int = 16  # attention heads
+    num_decoder_layers: int = 12  # layers of the AR and of the NAR decoder
+    norm_first: bool = True  # pre-norm transformer layers
+    add_prenet: bool = False  # conv/linear prenets before the decoders
+    prefix_mode: int = 0  # NAR prompt: 0 none, 1 start of utterance, 2 random span, 4 other utt.
+    share_embedding: bool = True  # tie NAR output layers to the next stream's input embedding
+    nar_scale_factor: float = 1.0  # NAR width = decoder_dim * nar_scale_factor
+    prepend_bos: bool = False  # prepend a BOS frame to the AR input
+    num_quantizers: int = 8  # codebooks modelled (1 AR + num_quantizers - 1 NAR)
+    dropout: float = 0.1  # dropout in the decoders (training only)
+    ar_loss_ignore_padding: bool = False  # true: AR loss skips padded frames (Amphion counts them)
+
+    def validate(self) -> None:
+        _check(self.decoder_dim > 0, "decoder_dim", "must be positive")
+        _check(self.nhead > 0, "nhead", "must be positive")
+        _check(
+            self.decoder_dim % self.nhead == 0,
+            "nhead",
+            f"decoder_dim ({self.decoder_dim}) must be divisible by nhead ({self.nhead})",
+        )
+        nar_dim = int(self.decoder_dim * self.nar_scale_factor)
+        _check(
+            nar_dim > 0 and nar_dim % self.nhead == 0,
+            "nar_scale_factor",
+            f"decoder_dim * nar_scale_factor ({nar_dim}) must be a positive multiple of nhead",
+        )
+        _check(self.num_decoder_layers > 0, "num_decoder_layers", "must be positive")
+        _check(self.prefix_mode in (0, 1, 2, 4), "prefix_mode", "must be one of 0, 1, 2, 4")
+        _check(self.num_quantizers >= 1, "num_quantizers", "must be >= 1")
+        _check(self.text_token_num > 0, "text_token_num", "must be positive")
+        _check(self.audio_token_num > 0, "audio_token_num", "must be positive")
+        _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+
+
+@dataclass
+class TrainConfig:
+    train_stage: int = 1  # 0 = AR + NAR, 1 = AR decoder, 2 = NAR decoders
+    batch_size: int = 4  # utterances per batch when use_dynamic_batchsize is false
+    use_dynamic_batchsize: bool = False  # bucket by duration (lhotse DynamicBucketingSampler)
+    max_tokens: int = 4000  # dynamic batches: max codec frames per batch
+    max_sentences: int = 10  # dynamic batches: max utterances per batch
+    num_buckets: int = 10  # dynamic batches: duration buckets
+    max_epoch: int = 20  # epochs to train (0 = until max_steps)
+    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
+    random_seed: int = 970227  # seed of init, shuffling and NAR stage/prefix draws
+    ddp: bool = True  # Amphion key; multi-GPU is chosen by --gpu (accelerate)
+    optimizer: str = "AdamW"  # only AdamW
+    scheduler: str = "cosine"  # "cosine" (linear warmup + cosine decay) or "constant"
+    base_lr: float = 1e-4  # peak learning rate
+    warmup_steps: int = 16000  # linear warmup steps
+    total_training_steps: int = 800000  # cosine schedule length
+    weight_decay: float = 0.01  # AdamW weight decay
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
+    gradient_accumulation_step: int = 1  # micro-batches per optimizer step
+    mixed_precision: str = "no"  # "no", "fp16" or "bf16"
+    gradient_checkpointing: bool = False  # recompute decoder activations in backward
+    num_workers: int = -1  # dataloader workers; -1 = min(4, cpu count - 1)
+    valid_interval: int = 1000  # validate every N optimizer steps (and each epoch end)
+    log_epoch_step: int = 1000  # Amphion key: same as log_interval
+    log_interval: int = 10  # tensorboard scalars every N steps
+    save_checkpoint_stride: list[int] = field(default_factory=lambda: [1])  # Amphion key, epochs
+    save_interval: int = 1000  # save a checkpoint every N optimizer steps (0 = per epoch only)
+    keep_last: int = 3  # checkpoints kept besides the best
+    max_nonfinite_steps: int = 10  # consecutive NaN/Inf losses before stopping
+
+    def validate(self) -> None:
+        _check(self.train_stage in (0, 1, 2), "train_stage", "must be 0 (both), 1 (AR) or 2 (NAR)")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(self.max_tokens >= 1, "max_tokens", "must be >= 1")
+        _check(self.max_sentences >= 1, "max_sentences", "must be >= 1")
+        _check(self.max_epoch >= 0 and self.max_steps >= 0, "max_epoch", "must be >= 0")
+        _check(self.max_epoch > 0 or self.max_steps > 0, "max_steps", "max_epoch or max_steps > 0")
+        _check(self.optimizer.lower() == "adamw", "optimizer", "only 'AdamW' is supported")
+        _check(self.scheduler in ("cosine", "constant"), "scheduler", "'cosine' or 'constant'")
+        _check(self.base_lr > 0, "base_lr", "must be positive")
+        _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        _check(
+            self.total_training_steps > self.warmup_steps or self.scheduler == "constant",
+            "total_training_steps",
+            "must be greater than warmup_steps",
+        )
+        _check(len(self.adam_betas) == 2, "adam_betas", "must be two numbers [beta1, beta2]")
+        _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        _check(self.gradient_accumulation_step >= 1, "gradient_accumulation_step", "must be >= 1")
+        _check(
+            self.mixed_precision in ("no", "fp16", "bf16"),
+            "mixed_precision",
+            "must be 'no', 'fp16' or 'bf16'",
+        )
+        _check(self.keep_last >= 1, "keep_last", "must be >= 1")
+        _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1")
+        _check(self.valid_interval >= 0 and self.save_interval >= 0, "valid_interval", ">= 0")
+
+
+@dataclass
+class InferenceConfig:
+    top_k: int = 100  # sample from the k most likely codes (1 = greedy)
+    top_p: float = 1.0  # nucleus sampling mass (1.0 = off)
+    temperature: float = 1.0  # softmax temperature
+    seed: int = 0  # sampling seed (same seed, same output)
+    batch_size: int = 8  # test-list lines decoded together
+    continual: bool = False  # continue the prompt's own utterance (text_prompt|audio_prompt)
+    use_kv_cache: bool = True  # false = reference path that recomputes every frame
+    max_frames_per_phone: float = 16.0  # length cap: frames <= this * text length + 1 (original)
+    max_frames: int = 0  # absolute cap in frames (0 = off; the smaller cap wins)
+    max_seconds: float = 0.0  # absolute cap in seconds (0 = off; the smaller cap wins)
+    min_frames: int = 1  # EOS is suppressed before this many frames (with a warning)
+    max_prompt_seconds: float = 10.0  # longer audio prompts are trimmed (with a warning)
+    drop_unknown_phones: bool = False  # drop phones missing from the table instead of failing
+    checkpoint: str = "latest"  # which checkpoint of an experiment: "latest" or "best"
+
+    def validate(self) -> None:
+        _check(self.top_k >= 1, "top_k", "must be >= 1 (1 = greedy)")
+        _check(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
+        _check(self.temperature > 0, "temperature", "must be positive")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(self.max_frames_per_phone > 0, "max_frames_per_phone", "must be positive")
+        _check(self.max_frames >= 0 and self.max_seconds >= 0, "max_frames", "must be >= 0")
+        _check(self.min_frames >= 1, "min_frames", "must be >= 1")
+        _check(self.max_prompt_seconds > 0, "max_prompt_seconds", "must be positive")
+        _check(self.checkpoint in ("latest", "best"), "checkpoint", "'latest' or 'best'")
+
+
+@dataclass
+class Config:
+    model_type: str = "VALLE"  # Amphion key; only VALLE
+    task_type: str = "tts"  # Amphion key
+    dataset: list[str] = field(default_factory=lambda: ["libritts"])  # corpora to prepare
+    dataset_path: dict[str, str] = field(default_factory=dict)  # corpus name -> root / list file
+    log_dir: str = "exp"  # experiments go to log_dir/<name> (relative = repository root)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def validate(self) -> None:
+        _check(self.model_type == "VALLE", "model_type", "only 'VALLE' is supported")
+        _check(len(self.dataset) > 0, "dataset", "name at least one corpus")
+        known = ("libritts", "ljspeech", "custom")
+        for name in self.dataset:
+            _check(
+                name in known or name.startswith("custom"),
+                "dataset",
+                f"unknown corpus {name!r}; use one of {known} (or 'custom_<name>')",
+            )
+
+
+SECTIONS = {
+    "preprocess": PreprocessConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "inference": InferenceConfig,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+
+
+class _Rule(Exception):
+    def __init__(self, key: str, message: str):
+        super().__init__(message)
+        self.key = key
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise _Rule(key, message)
+
+
+def _read_json5(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
+    try:
+        data = json5.loads(text)
+    except ValueError as e:
+        raise ConfigError(f"{path}: not valid json5: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be an object {{...}}")
+    return data
+
+
+def _find_base(base: str, declaring_file: Path) -> Path:
+    candidates = [declaring_file.parent / base, REPO_ROOT / base]
+    if Path(base).is_absolute():
+        candidates = [Path(base)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"{declaring_file}: base_config {base!r} not found (looked at {tried})")
+
+
+def _merge(dst: dict, src: dict, origin: dict, src_file: Path, prefix: tuple = ()) -> None:
+    """Deep-merge src into dst; origin[(key path)] = file that set that key last."""
+    for key, value in src.items():
+        path = prefix + (key,)
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _merge(dst[key], value, origin, src_file, path)
+        else:
+            dst[key] = json.loads(json.dumps(value)) if isinstance(value, dict | list) else value
+            origin[path] = src_file
+            if isinstance(value, dict):
+                for sub in _leaf_paths(value, path):
+                    origin[sub] = src_file
+
+
+def _leaf_paths(tree: dict, prefix: tuple) -> list[tuple]:
+    out = []
+    for key, value in tree.items():
+        out.append(prefix + (key,))
+        if isinstance(value, dict):
+            out.extend(_leaf_paths(value, prefix + (key,)))
+    return out
+
+
+def load_raw_config(path: str | os.PathLike) -> tuple[dict, dict, list[Path]]:
+    """Merged (not yet validated) tree, the key -> file origin map, and the files read."""
+    chain: list[Path] = []
+    current = Path(path).resolve()
+    if not current.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    while True:
+        if current in chain:
+            cycle = " -> ".join(str(p) for p in chain + [current])
+            raise ConfigError(f"base_config cycle: {cycle}")
+        chain.append(current)
+        base = _read_json5(current).get("base_config")
+        if base is None:
+            break
+        if not isinstance(base, str):
+            raise ConfigError(f"{current}: base_config must be a string path")
+        current = _find_base(base, current)
+    merged: dict = {}
+    origin: dict = {}
+    for file in reversed(chain):
+        data = _read_json5(file)
+        data.pop("base_config", None)
+        _merge(merged, data, origin, file)
+    return merged, origin, chain
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type):
+        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
+            tp.__name__, tp.__name__
+        )
+    return str(tp).replace("typing.", "")
+
+
+def _found_name(value: Any) -> str:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    names.update({list: "list", dict: "object", type(None): "null"})
+    return f"{names.get(type(value), type(value).__name__)} {json.dumps(value)[:60]}"
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Return value checked against tp (ints are accepted for floats; nothing else converts)."""
+    origin_tp = typing.get_origin(tp)
+    if origin_tp in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, where)
+            except TypeError as e:
+                errors.append(str(e))
+        raise TypeError(f"expected {_type_name(tp)}, found {_found_name(value)}")
+    if tp is type(None):
+        if value is None:
+            return None
+        raise TypeError(f"expected null, found {_found_name(value)}")
+    if origin_tp is list:
+        if not isinstance(value, list):
+            raise TypeError(f"expected {_type_name(tp)}, found {_found_name(value)}")
+        (item_tp,) = typing.get_args(tp)
+        return [_coerce(v, item_tp, where) for v in value]
+    if origin_tp is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected {_type_name(tp)}, found {_found_name(value)}")
+        key_tp, val_tp = typing.get_args(tp)
+        return {_coerce(k, key_tp, where): _coerce(v, val_tp, where) for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and isinstance(value, bool):
+        return value
+    if tp in (int, str, float) and isinstance(value, tp) and not isinstance(value, bool):
+        return value
+    raise TypeError(f"expected {_type_name(tp)}, found {_found_name(value)}")
+
+
+def _build(cls: type, tree: dict, origin: dict, prefix: tuple, default_file: Path) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in tree.items():
+        path = prefix + (key,)
+        file = origin.get(path, default_file)
+        dotted = ".".join(path)
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            valid = ", ".join(names)
+            raise ConfigError(f"{file}: unknown key '{dotted}'{hint}. Valid keys here: {valid}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{file}: key '{dotted}': expected an object, found {_found_name(value)}"
+                )
+            kwargs[key] = _build(tp, value, origin, path, default_file)
+            continue
+        try:
+            kwargs[key] = _coerce(value, tp, dotted)
+        except TypeError as e:
+            raise ConfigError(f"{file}: key '{dotted}': {e}") from None
+    obj = cls(**kwargs)
+    if hasattr(obj, "validate"):
+        try:
+            obj.validate()
+        except _Rule as rule:
+            path = prefix + (rule.key,)
+            file = origin.get(path, default_file)
+            raise ConfigError(f"{file}: key '{'.'.join(path)}': {rule}") from None
+    return obj
+
+
+def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Config:
+    """Load, merge and validate a json5 config (and optional nested overrides, e.g. from CLI)."""
+    tree, origin, chain = load_raw_config(path)
+    if overrides:
+        _merge(tree, overrides, origin, Path("<command line>"))
+    return _build(Config, tree, origin, (), chain[0])
+
+
+def config_to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike, extra: dict | None = None) -> Path:
+    """Write the fully resolved config as JSON, atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = config_to_dict(cfg)
+    if extra:
+        data.update(extra)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def config_from_dict(data: dict, source: str = "<dict>") -> Config:
+    """Validate an already-merged dict (e.g. a saved resolved config) into a Config."""
+    return _build(Config, data, {}, (), Path(source))
+
+
+def resolve_path(path: str | os.PathLike) -> Path:
+    """A path from a config: absolute as given, relative ones relative to the repository root."""
+    path = Path(os.path.expanduser(str(path)))
+    return path if path.is_absolute() else (REPO_ROOT / path)
