@@ -65,9 +65,9 @@ class PreprocessConfig:
     max_duration: float = 14.0  # utterances longer than this (s) are rejected
     train_file: str = "train.json"  # name of the training split (Amphion key; stem is used)
     valid_file: str = "valid.json"  # name of the validation split (Amphion key; stem is used)
-    libritts_train_subsets: list[str] = field(default_factory=lambda: ["train-clean-100"])
-    libritts_valid_subsets: list[str] = field(default_factory=lambda: ["dev-clean"])
-    libritts_test_subsets: list[str] = field(default_factory=list)
+    libritts_train_subsets: list[str] = field(default_factory=lambda: ["train-clean-100"])  # train
+    libritts_valid_subsets: list[str] = field(default_factory=lambda: ["dev-clean"])  # validation
+    libritts_test_subsets: list[str] = field(default_factory=list)  # LibriTTS test subsets
     valid_fraction: float = 0.0  # held-out fraction for corpora without a valid subset
     test_fraction: float = 0.0  # held-out test fraction for corpora without a test subset
     split_seed: int = 42  # seed of the held-out split
@@ -160,7 +160,7 @@ class TrainConfig:
     warmup_steps: int = 16000  # linear warmup steps
     total_training_steps: int = 800000  # cosine schedule length
     weight_decay: float = 0.01  # AdamW weight decay
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW betas
     grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
     gradient_accumulation_step: int = 1  # micro-batches per optimizer step
     mixed_precision: str = "no"  # "no", "fp16" or "bf16"
