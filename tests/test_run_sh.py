@@ -1,5 +1,6 @@
 """egs/tts/VALLE/run.sh option parsing, run as users do: `sh run.sh ...` from another directory."""
 
+import json
 import subprocess
 
 import pytest
@@ -73,9 +74,10 @@ def test_bad_values_are_rejected():
     assert "must be 1, 2 or 3" in run("--stage", "7").stderr
     assert "after --stop_stage" in run("--stage", "3", "--stop_stage", "1").stderr
     assert "--resume must be true or false" in run("--resume", "yes").stderr
-    assert "--infer_mode must be single or batch" in run(
-        "-s", "3", "--infer_expt_dir", "x", "--infer_mode", "both"
-    ).stderr
+    assert (
+        "--infer_mode must be single or batch"
+        in run("-s", "3", "--infer_expt_dir", "x", "--infer_mode", "both").stderr
+    )
     assert "config file not found" in run("-c", "/nonexistent.json").stderr
 
 
@@ -92,8 +94,13 @@ def test_test_list_file_alias(tmp_path):
 def test_short_stage_option_runs_stage_one_without_hanging(tmp_path):
     config = tmp_path / "c.json"
     config.write_text(
-        '{"base_config": "config/valle.json", "dataset_path": {"libritts": "%s"},'
-        ' "preprocess": {"processed_dir": "%s"}}' % (tmp_path / "no_corpus", tmp_path / "out")
+        json.dumps(
+            {
+                "base_config": "config/valle.json",
+                "dataset_path": {"libritts": str(tmp_path / "no_corpus")},
+                "preprocess": {"processed_dir": str(tmp_path / "out")},
+            }
+        )
     )
     result = run("-s", "1", "-c", str(config), timeout=300)
     assert "Stage 1" in result.stdout  # parsed `-s 1 -c FILE` and dispatched to stage 1
