@@ -1,0 +1,238 @@
+"""Transformer decoder blocks for VALL-E, numerically equal to Amphion's and fast.
+
+Parameter names follow Amphion (``self_attn.in_proj_weight/in_proj_bias/out_proj``,
+``linear1/linear2``, ``norm1/norm2``, ``norm.project_layer`` / ``norm.norm`` for the adaptive
+norm) so released checkpoints load with strict keys. Attention runs through
+``F.scaled_dot_product_attention`` so CUDA picks flash / memory-efficient kernels and bf16/fp16
+work; masks are boolean (True = may attend), never float32 tensors.
+
+``KVCache`` holds preallocated keys/values of every layer so autoregressive decoding costs one
+new position per step instead of the whole sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+
+class KVCache:
+    """Keys/values of every layer: (B, H, capacity, head_dim) each, grown by doubling.
+
+    All rows share one write position ``length`` (batched decoding pads the prefill, then every
+    row appends one frame per step); which cached positions a row may see is up to the mask.
+    """
+
+    def __init__(
+        self,
+        num_layers: int,
+        batch_size: int,
+        nhead: int,
+        head_dim: int,
+        capacity: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ):
+        shape = (batch_size, nhead, capacity, head_dim)
+        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return self.keys[0].shape[2]
+
+    def _grow(self, needed: int) -> None:
+        new_capacity = max(needed, 2 * self.capacity)
+
+        def grown(t: torch.Tensor) -> torch.Tensor:
+            out = t.new_empty(t.shape[0], t.shape[1], new_capacity, t.shape[3])
+            out[:, :, : self.length] = t[:, :, : self.length]
+            return out
+
+        self.keys = [grown(k) for k in self.keys]
+        self.values = [grown(v) for v in self.values]
+
+    def write(
+        self, layer: int, k: torch.Tensor, v: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, H, L, hd) at [length, length + L); return all keys/values so far."""
+        end = self.length + k.shape[2]
+        if end > self.capacity:
+            self._grow(end)
+        self.keys[layer][:, :, self.length : end] = k
+        self.values[layer][:, :, self.length : end] = v
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.length += n
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only the given batch rows (finished items leave the batch)."""
+        self.keys = [k.index_select(0, rows) for k in self.keys]
+        self.values = [v.index_select(0, rows) for v in self.values]
+
+
+class MultiheadSelfAttention(nn.Module):
+    """torch.nn.MultiheadAttention's parameters (packed q/k/v projection), SDPA compute."""
+
+    def __init__(self, dim: int, nhead: int, dropout: float = 0.0):
+        super().__init__()
+        assert dim % nhead == 0, f"width {dim} is not divisible by {nhead} heads"
+        self.nhead = nhead
+        self.head_dim = dim // nhead
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+        # Same initialisation as torch.nn.MultiheadAttention.
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer_index: int = 0,
+    ) -> torch.Tensor:
+        """x (B, L, D); attn_mask bool, broadcastable to (B, H, L, L_keys), True = may attend."""
+        B, L, D = x.shape
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3D)
+        q, k, v = qkv.view(B, L, 3, self.nhead, self.head_dim).permute(2, 0, 3, 1, 4)
+        if cache is not None:
+            k, v = cache.write(layer_index, k, v)  # (B, H, L_keys, hd)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, hd)
+        return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
+
+
+class LayerNorm(nn.LayerNorm):
+    """nn.LayerNorm that ignores the stage embedding (same call signature as the adaptive one)."""
+
+    def forward(self, x: torch.Tensor, stage_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        return super().forward(x)
+
+
+class AdaptiveLayerNorm(nn.Module):
+    """``g * LayerNorm(x) + b`` with ``[g, b] = project_layer(stage_embedding)`` (VALL-E NAR)."""
+
+    def __init__(self, dim: int, eps: float = 1e-5):
+        super().__init__()
+        self.dim = dim
+        self.project_layer = nn.Linear(dim, 2 * dim)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor, stage_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        assert stage_embedding is not None, "AdaptiveLayerNorm needs the NAR stage embedding"
+        weight, bias = torch.split(self.project_layer(stage_embedding), self.dim, dim=-1)
+        return weight * self.norm(x) + bias
+
+
+class TransformerLayer(nn.Module):
+    """Self-attention + ReLU feed-forward (4x width in VALL-E), pre- or post-norm."""
+
+    def __init__(
+        self,
+        dim: int,
+        nhead: int,
+        dim_feedforward: int,
+        dropout: float = 0.1,
+        norm_first: bool = True,
+        adaptive_norm: bool = False,
+    ):
+        super().__init__()
+        self.norm_first = norm_first
+        self.self_attn = MultiheadSelfAttention(dim, nhead, dropout)
+        self.linear1 = nn.Linear(dim, dim_feedforward)
+        self.dropout = nn.Dropout(dropout)
+        self.linear2 = nn.Linear(dim_feedforward, dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+        norm_cls = AdaptiveLayerNorm if adaptive_norm else LayerNorm
+        self.norm1 = norm_cls(dim)
+        self.norm2 = norm_cls(dim)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        stage_embedding: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+        layer_index: int = 0,
+    ) -> torch.Tensor:
+        def attend(h: torch.Tensor) -> torch.Tensor:
+            return self.dropout1(self.self_attn(h, attn_mask, cache, layer_index))
+
+        def feed_forward(h: torch.Tensor) -> torch.Tensor:
+            return self.dropout2(self.linear2(self.dropout(F.relu(self.linear1(h)))))
+
+        if self.norm_first:
+            x = x + attend(self.norm1(x, stage_embedding))
+            x = x + feed_forward(self.norm2(x, stage_embedding))
+        else:
+            x = self.norm1(x + attend(x), stage_embedding)
+            x = self.norm2(x + feed_forward(x), stage_embedding)
+        return x
+
+
+class TransformerStack(nn.Module):
+    """``layers`` + optional final ``norm`` (Amphion's TransformerEncoder layout)."""
+
+    def __init__(
+        self,
+        dim: int,
+        nhead: int,
+        num_layers: int,
+        dropout: float = 0.1,
+        norm_first: bool = True,
+        adaptive_norm: bool = False,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.nhead = nhead
+        self.layers = nn.ModuleList(
+            TransformerLayer(dim, nhead, 4 * dim, dropout, norm_first, adaptive_norm)
+            for _ in range(num_layers)
+        )
+        # Amphion has a final norm only with pre-norm layers.
+        norm_cls = AdaptiveLayerNorm if adaptive_norm else LayerNorm
+        self.norm = norm_cls(dim) if norm_first else None
+        self.gradient_checkpointing = False
+
+    def new_cache(
+        self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype
+    ) -> KVCache:
+        return KVCache(
+            len(self.layers),
+            batch_size,
+            self.nhead,
+            self.dim // self.nhead,
+            capacity,
+            device,
+            dtype,
+        )
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        stage_embedding: torch.Tensor | None = None,
+        attn_mask: torch.Tensor | None = None,
+        cache: KVCache | None = None,
+    ) -> torch.Tensor:
+        """x (B, L, D) -> (B, L, D). With a cache, x holds only the new positions."""
+        for i, layer in enumerate(self.layers):
+            if self.gradient_checkpointing and self.training and cache is None:
+                # Recompute this layer in backward instead of storing its activations.
+                x = checkpoint(layer, x, stage_embedding, attn_mask, use_reentrant=False)
+            else:
+                x = layer(x, stage_embedding, attn_mask, cache, i)
+        if cache is not None:
+            cache.advance(x.shape[1])
+        if self.norm is not None:
+            x = self.norm(x, stage_embedding)
+        return x
