@@ -1,7 +1,205 @@
-"""Recipe stage entry point: not implemented yet (tracked in issue 6)."""
+"""Recipe stage 3: zero-shot VALL-E inference, one utterance or a whole test list.
 
+    python bins/tts/inference.py --config C --expt_dir DIR --mode single \
+        --text "..." --text_prompt "..." --audio_prompt prompt.wav
+    python bins/tts/inference.py --config C --expt_dir DIR --mode batch --test_list_file list.txt
+
+(`egs/tts/VALLE/run.sh --stage 3 --infer_...` calls this.) DIR is one of our experiments (newest
+checkpoint, or `--checkpoint best`), one checkpoint folder, or a released Amphion VALL-E folder
+(`bins/tts/download.py`). Decoding options come from the `inference` section of --config,
+overridden by the options below; the model and its front end come from DIR (see
+models/tts/valle/inference.py).
+
+Outputs: OUT/single/<name>.wav or OUT/batch/<name or line number>.wav (24 kHz) and
+OUT/<mode>/results.jsonl (one line per utterance, and one per failure). OUT defaults to DIR/result.
+A later run writes to OUT/<mode>-2, -3, ... unless --overwrite true. In batch mode a bad line is
+reported with its number, the other lines still run, and the exit status is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
 import sys
+import time
+from pathlib import Path
+
+import torch
+
+from models.tts.valle.inference import (
+    InferenceError,
+    ModelSource,
+    Synthesizer,
+    Utterance,
+    claim_run_dir,
+    find_model_source,
+    load_model,
+    parse_test_list,
+    safe_name,
+    write_jsonl_line,
+)
+from utils.checkpoint import CheckpointError
+from utils.config import ConfigError, load_config, resolve_path
+
+log = logging.getLogger("inference")
+
+RANDOM_CODEC_WARNING = (
+    "!!! The codec is RANDOM-INIT (preprocess.codec_pretrained = false): the audio written by "
+    "this run is MEANINGLESS noise, only useful to test the pipeline. !!!"
+)
+
+
+def str2bool(value: str) -> bool:
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        description="VALL-E zero-shot inference (recipe stage 3)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--config", required=True, type=Path, help="recipe config (inference section)")
+    p.add_argument("--expt_dir", required=True, type=Path, help="experiment/checkpoint/release")
+    p.add_argument("--mode", required=True, choices=["single", "batch"])
+    p.add_argument("--output_dir", type=Path, default=None, help="[EXPT_DIR/result]")
+    p.add_argument("--overwrite", type=str2bool, default=False, help="reuse OUT/<mode>")
+    p.add_argument("--test_list_file", type=Path, default=None, help="batch mode list")
+    p.add_argument("--text", default="", help="single mode: text to speak")
+    p.add_argument("--text_prompt", default="", help="single mode: transcript of the prompt")
+    p.add_argument("--audio_prompt", type=Path, default=None, help="single mode: prompt audio")
+    p.add_argument("--device", default=None, help="torch device [cuda if available, else cpu]")
+    p.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar")
+    # Overrides of the config's inference section (None = keep the config's value).
+    p.add_argument("--checkpoint", choices=["latest", "best"], default=None)
+    p.add_argument("--top_k", type=int, default=None)
+    p.add_argument("--top_p", type=float, default=None)
+    p.add_argument("--temperature", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--batch_size", type=int, default=None)
+    p.add_argument("--continual", type=str2bool, default=None)
+    p.add_argument("--max_seconds", type=float, default=None)
+    args = p.parse_args(argv)
+    if args.mode == "batch" and args.test_list_file is None:
+        p.error("--mode batch needs --test_list_file")
+    return args
+
+
+OVERRIDABLE = ("checkpoint", "top_k", "top_p", "temperature", "seed", "batch_size", "continual")
+
+
+def inference_overrides(args: argparse.Namespace) -> dict:
+    overrides = {k: getattr(args, k) for k in OVERRIDABLE + ("max_seconds",)}
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def single_utterance(args: argparse.Namespace, continual: bool) -> Utterance:
+    if args.audio_prompt is None or not args.text_prompt.strip():
+        raise InferenceError("--mode single needs --text_prompt and --audio_prompt")
+    if not continual and not args.text.strip():
+        raise InferenceError("--mode single needs --text (or --continual true)")
+    if not args.audio_prompt.is_file():
+        raise InferenceError(f"audio prompt not found: {args.audio_prompt}")
+    text = "" if continual else args.text.strip()
+    name = safe_name(text or args.text_prompt)
+    return Utterance(name, text, args.text_prompt.strip(), args.audio_prompt)
+
+
+def load_codec(source: ModelSource, device: torch.device):
+    """The codec the model's codes were made with (see models/codec/encodec.py)."""
+    from models.codec.encodec import CodecTokenizer
+
+    pre = source.cfg.preprocess
+    if source.kind == "release":  # trained on the official 24 kHz EnCodec (or a local copy)
+        return CodecTokenizer.from_config(pre, device)
+    return CodecTokenizer.from_processed_dir(resolve_path(pre.processed_dir), device)
+
+
+def run(args: argparse.Namespace) -> int:
+    recipe_cfg = load_config(args.config, overrides={"inference": inference_overrides(args)})
+    inf = recipe_cfg.inference
+    if args.mode == "single":
+        utts, failures = [single_utterance(args, inf.continual)], []
+    else:
+        utts, failures = parse_test_list(args.test_list_file, inf.continual)
+        for failure in failures:
+            log.error("%s: %s", args.test_list_file, failure)
+        log.info("%s: %d utterances, %d bad lines", args.test_list_file, len(utts), len(failures))
+    source = find_model_source(args.expt_dir, inf.checkpoint, recipe_cfg)
+    log.info("model: %s", source.describe())
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(source, device)
+    codec = load_codec(source, device)
+    if codec.is_random_init:
+        log.warning(RANDOM_CODEC_WARNING)
+    log.info(
+        "decoding: top_k=%d top_p=%g temperature=%g seed=%d batch_size=%d continual=%s "
+        "kv_cache=%s (from %s + command line)",
+        inf.top_k,
+        inf.top_p,
+        inf.temperature,
+        inf.seed,
+        inf.batch_size,
+        inf.continual,
+        inf.use_kv_cache,
+        args.config,
+    )
+    output_dir = args.output_dir or args.expt_dir / "result"
+    run_dir = claim_run_dir(output_dir, args.mode, args.overwrite)
+    log.info("writing to %s", run_dir)
+    synth = Synthesizer(model, source, codec, inf, device)
+    start = time.perf_counter()
+    totals = {"n": 0, "seconds": 0.0}
+    with open(run_dir / "results.jsonl", "w", encoding="utf-8") as results:
+
+        def on_result(result) -> None:
+            write_jsonl_line(results, result.record())
+            totals["n"] += 1
+            totals["seconds"] += result.seconds
+            log.info(
+                "%s: %d frames (%.2f s, stopped by %s)",
+                result.output,
+                result.frames,
+                result.seconds,
+                result.stop_reason,
+            )
+
+        failures += synth.run(utts, run_dir, on_result, progress=args.progress)
+        for failure in sorted(failures, key=lambda f: f.line or 0):
+            write_jsonl_line(results, {"line": failure.line, "error": failure.message})
+    wall = time.perf_counter() - start
+    rtf = wall / totals["seconds"] if totals["seconds"] else float("nan")
+    log.info(
+        "%d utterances, %.2f s of audio in %.2f s (real-time factor %.3f) -> %s",
+        totals["n"],
+        totals["seconds"],
+        wall,
+        rtf,
+        run_dir / "results.jsonl",
+    )
+    if codec.is_random_init:
+        log.warning(RANDOM_CODEC_WARNING)
+    if failures:
+        where = f"{args.test_list_file}: " if args.mode == "batch" else ""
+        log.error("%d failed:\n%s", len(failures), "\n".join(f"  {where}{f}" for f in failures))
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+    try:
+        return run(args)
+    except (InferenceError, ConfigError, CheckpointError) as e:
+        log.error("%s", e)
+        return 1
+
 
 if __name__ == "__main__":
-    print("bins/tts/inference.py: not implemented yet (issue 6)", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(main())
