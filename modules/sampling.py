@@ -1,9 +1,10 @@
 """Top-k / top-p / temperature filtering and sampling (Amphion's ``topk_sampling`` semantics).
 
 ``filter_logits`` keeps, per row, the ``top_k`` best tokens (ties with the k-th kept) and then
-the smallest set of best tokens whose probability mass reaches ``top_p`` (the token that crosses
-the threshold is kept); everything else becomes ``-inf``. ``sample`` draws from the filtered
-softmax with an optional ``torch.Generator`` so a seed makes decoding reproducible.
+the smallest set of best tokens whose probability mass exceeds ``top_p`` (the token that crosses
+the threshold is kept; Hugging Face / Amphion semantics); everything else becomes ``-inf``.
+``sample`` draws from the filtered softmax with an optional ``torch.Generator`` so a seed makes
+decoding reproducible.
 """
 
 from __future__ import annotations
