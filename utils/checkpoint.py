@@ -5,11 +5,21 @@ Layout of one of our checkpoints (the folder name is the one released Amphion ch
     <exp>/checkpoint/epoch-0003_step-0001200_loss-3.141593/
         model.safetensors      full VALL-E state dict (Amphion parameter names; tied pairs once)
         meta.json              {"format": "codectts-valle-1", "model": {...ModelConfig...},
-                                "epoch", "step", "loss", "valid_loss", "train_stage"}
-        training_state.pt      optimizer / scheduler / sampler / RNG / counters (weights_only-safe)
+                                "epoch", "step", "loss", "valid_loss", "train_stage",
+                                "data_fingerprint": {"codec": sha256, "symbols": sha256}}
+        training_state.pt      optimizer / scheduler / sampler / RNG / counters (weights_only-safe):
+                               {"optimizer", "scheduler", "step", "epoch", "batches_done",
+                                "sampler", "rng": {"python", "numpy", "torch", "cuda",
+                                "nar_stage", "nar_prefix"}, "counters": {...}}
+    <exp>/best                 text file: the folder name of the best checkpoint by valid_loss
 
 A folder is written under a temporary name (`.tmp-...`) and renamed when complete, so a kill at any
-moment leaves only complete checkpoints under their final names.
+moment leaves only complete checkpoints under their final names. `save_checkpoint` writes one,
+`prune_checkpoints` keeps the newest `keep_last` plus the one `best` names.
+
+Released Amphion folders (`<release>/args.json` + `<release>/checkpoint/<name>/pytorch_model.bin`
+or `model.safetensors`) are found by `resolve_checkpoint_dir` too; `read_model_config` reads their
+model section from `args.json`.
 """
 
 from __future__ import annotations
@@ -123,3 +133,171 @@ def read_meta(ckpt_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"{ckpt_dir}: no meta.json (not a codectts checkpoint folder)")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+TRAINING_STATE = "training_state.pt"
+
+
+def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """`model.state_dict()` with each tied tensor once (first name), contiguous, on CPU.
+
+    safetensors cannot store one tensor under two names; the loader
+    (`VALLE.load_amphion_state_dict`) accepts either name of a tied pair and re-ties them.
+    """
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in model.state_dict().items():
+        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
+        if key in seen:
+            continue
+        seen.add(key)
+        out[name] = tensor.detach().to("cpu").contiguous().clone()
+    return out
+
+
+def save_checkpoint(
+    exp_dir: str | os.PathLike,
+    name: str,
+    weights: dict[str, torch.Tensor],
+    meta: dict,
+    training_state: dict | None,
+) -> Path:
+    """Write `<exp_dir>/checkpoint/<name>/` atomically; return its final path."""
+    from safetensors.torch import save_file
+
+    final = Path(exp_dir) / "checkpoint" / name
+    with atomic_directory(final) as tmp:
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        meta = {"format": CHECKPOINT_FORMAT, **meta}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        if training_state is not None:
+            torch.save(training_state, tmp / TRAINING_STATE)
+    return final
+
+
+def remove_incomplete(exp_dir: str | os.PathLike) -> list[Path]:
+    """Delete leftovers of interrupted writes (`.tmp-*` / `.old-*` folders); return them."""
+    root = Path(exp_dir) / "checkpoint"
+    removed = []
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.is_dir() and child.name.startswith((".tmp-", ".old-")):
+                shutil.rmtree(child, ignore_errors=True)
+                removed.append(child)
+    return removed
+
+
+def read_best(exp_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint folder the experiment's `best` file names (None when absent or gone)."""
+    best = Path(exp_dir) / "best"
+    if not best.is_file():
+        return None
+    path = Path(exp_dir) / "checkpoint" / best.read_text(encoding="utf-8").strip()
+    return path if path.is_dir() else None
+
+
+def write_best(exp_dir: str | os.PathLike, ckpt_name: str) -> None:
+    atomic_write_text(Path(exp_dir) / "best", ckpt_name + "\n")
+
+
+def prune_checkpoints(exp_dir: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints and the best one; return the deleted."""
+    best = read_best(exp_dir)
+    ckpts = list_checkpoints(exp_dir)
+    doomed = [p for p in ckpts[: max(len(ckpts) - keep_last, 0)] if p != best]
+    for path in doomed:
+        # rename first so a kill mid-delete never leaves a half-deleted folder under a valid name
+        tmp = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(path, tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return doomed
+
+
+def find_weights_file(ckpt_dir: str | os.PathLike) -> Path | None:
+    for name in WEIGHT_FILES:
+        if (Path(ckpt_dir) / name).is_file():
+            return Path(ckpt_dir) / name
+    return None
+
+
+def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
+    """A checkpoint folder from: a checkpoint folder, an experiment / release folder (its newest
+    checkpoint) or a `checkpoint/` folder. Raises CheckpointError saying what was looked at."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint path does not exist: {path}")
+    if find_weights_file(path) is not None:
+        return path
+    found = list_checkpoints(path)
+    if found:
+        return found[-1]
+    root = path / "checkpoint" if (path / "checkpoint").is_dir() else path
+    # released folders may use other names: the newest sub-folder holding a weights file
+    others = [c for c in root.iterdir() if c.is_dir() and find_weights_file(c) is not None]
+    if others:
+        return max(others, key=lambda c: c.stat().st_mtime)
+    raise CheckpointError(
+        f"no checkpoint in {path}: expected {' or '.join(WEIGHT_FILES)} in it, or checkpoint "
+        "folders (epoch-XXXX_step-XXXXXXX_loss-X.XXXXXX) under it or under its checkpoint/"
+    )
+
+
+def load_weights(ckpt_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    weights = find_weights_file(ckpt_dir)
+    if weights is None:
+        raise CheckpointError(f"{ckpt_dir}: no {' or '.join(WEIGHT_FILES)}")
+    return load_tensor_file(weights)
+
+
+def load_training_state(ckpt_dir: str | os.PathLike) -> dict:
+    """Optimizer / scheduler / sampler / RNG state of one of our checkpoints (no pickled code)."""
+    path = Path(ckpt_dir) / TRAINING_STATE
+    if not path.is_file():
+        raise CheckpointError(
+            f"{ckpt_dir}: no {TRAINING_STATE}, so it cannot be resumed exactly "
+            "(a released or weights-only checkpoint): use --resume_type finetune"
+        )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"cannot load {path} safely: {type(e).__name__}: {e}") from None
+
+
+def read_model_config(ckpt_dir: str | os.PathLike) -> tuple[dict, Path]:
+    """The model section that describes a checkpoint's weights, and the file it came from.
+
+    Ours: `meta.json["model"]`. A released Amphion folder: `args.json["model"]` next to
+    `checkpoint/` (looked up in the parent folders)."""
+    ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir / "meta.json").is_file():
+        return read_meta(ckpt_dir)["model"], ckpt_dir / "meta.json"
+    for parent in [ckpt_dir, *ckpt_dir.parents][:4]:
+        for name in ("args.json", "config.json"):
+            candidate = parent / name
+            if candidate.is_file():
+                import json5
+
+                data = json5.loads(candidate.read_text(encoding="utf-8"))
+                if isinstance(data, dict) and isinstance(data.get("model"), dict):
+                    return data["model"], candidate
+    raise CheckpointError(
+        f"{ckpt_dir}: cannot tell which model the weights are for (no meta.json here and no "
+        "args.json / config.json with a 'model' section in the folders above it)"
+    )
+
+
+def config_differences(recorded: dict, current: dict, prefix: str = "model") -> list[str]:
+    """Human-readable differences `key: recorded -> current` over the keys of `current`."""
+    diffs = []
+    for key in sorted(current):
+        if key not in recorded:
+            continue  # keys the recorded side never had (e.g. Amphion args.json) keep defaults
+        a, b = recorded[key], current[key]
+        if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
+            same = float(a) == float(b)
+        else:
+            same = a == b
+        if not same:
+            diffs.append(f"{prefix}.{key}: {a!r} (checkpoint) -> {b!r} (config)")
+    return diffs

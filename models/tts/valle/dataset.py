@@ -1,0 +1,228 @@
+"""Training data of VALL-E: stage-1 CutSets -> padded batches, with a resumable, seeded sampler.
+
+A batch is a dict (what the trainer feeds to `VALLE.forward`):
+
+    x        (B, S) int64  `<bos> phones <eos>` ids (TextTokenizer), right-padded with `<pad>` = 0
+    x_lens   (B,)   int64
+    y        (B, T, Q) int64 codec codes, right-padded with 0 (the model masks padded frames)
+    y_lens   (B,)   int64
+    cut_ids  list[str]     to name the utterances in errors (e.g. the non-finite loss guard)
+
+Batches come from lhotse samplers: `DynamicBucketingSampler` when `train.use_dynamic_batchsize`
+(at most `max_tokens` codec frames and `max_sentences` utterances per batch, `num_buckets` duration
+buckets), else `SimpleCutSampler` with `batch_size` utterances. Both shuffle with
+`train.random_seed` + epoch and give every rank its own shard (`world_size`, `rank`).
+
+`ResumableBatches` wraps the sampler so a checkpoint can record the exact position in the epoch:
+the trainer counts the batches it has *consumed* (dataloader workers prefetch ahead of that, so
+the sampler's own counters would be too far) and a resumed run re-draws the same epoch order and
+skips that many batches without loading any audio or codes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from lhotse import CutSet, combine
+from lhotse.cut import Cut
+from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+from lhotse.dataset.sampling.base import CutSampler
+
+from utils.config import Config
+from utils.symbol_table import TextTokenizer, UnknownPhoneError
+
+
+class DataError(RuntimeError):
+    """Stage-1 output is missing or unusable; the message names the file and what to do."""
+
+
+def stage1_cuts_path(processed_dir: Path, dataset: str, split: str) -> Path:
+    return processed_dir / dataset / f"cuts_{split}.jsonl.gz"
+
+
+def load_cuts(cfg: Config, processed_dir: Path, split: str) -> CutSet:
+    """The `split` ("train" / "valid") cuts of every corpus in `cfg.dataset`, in config order."""
+    sets = []
+    for dataset in cfg.dataset:
+        path = stage1_cuts_path(processed_dir, dataset, split)
+        if not path.is_file():
+            raise DataError(
+                f"stage-1 output missing: {path} does not exist. Run the data stage first: "
+                "sh egs/tts/VALLE/run.sh --stage 1 (same --config), or fix "
+                "preprocess.processed_dir / dataset in the config."
+            )
+        sets.append(CutSet.from_file(path))
+    return sets[0] if len(sets) == 1 else combine(*sets)
+
+
+def num_frames(cut: Cut, hop_seconds: float) -> int:
+    codes = getattr(cut, "codes", None)
+    if codes is not None and getattr(codes, "shape", None):
+        return int(codes.shape[0])
+    return int(round(cut.duration / hop_seconds))
+
+
+def filter_cuts(
+    cuts: CutSet, cfg: Config, *, min_duration: float, max_duration: float
+) -> tuple[CutSet, list[tuple[str, str]]]:
+    """Keep cuts within the duration limits (and short enough for one dynamic batch).
+
+    Returns the kept cuts (eager) and (cut id, reason) for each left-out one, so that the caller
+    can report them (nothing is dropped silently)."""
+    hop = cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
+    kept, rejected = [], []
+    for cut in cuts:
+        if cut.duration < min_duration or cut.duration > max_duration:
+            reason = f"duration {cut.duration:.2f}s outside [{min_duration}, {max_duration}]"
+            rejected.append((cut.id, reason))
+        elif not cut.custom or "phones" not in cut.custom or not cut.has_custom("codes"):
+            rejected.append((cut.id, "no custom['phones'] or codes (not a stage-1 cut)"))
+        elif cfg.train.use_dynamic_batchsize and num_frames(cut, hop) > cfg.train.max_tokens:
+            rejected.append((cut.id, f"longer than train.max_tokens={cfg.train.max_tokens} frames"))
+        else:
+            kept.append(cut)
+    return CutSet.from_cuts(kept), rejected
+
+
+def check_phones(cuts: CutSet, tokenizer: TextTokenizer) -> None:
+    """Fail before training when a cut has a phone the table lacks (naming cut and phone)."""
+    for cut in cuts:
+        unknown = tokenizer.unknown_phones(cut.custom["phones"])
+        if unknown:
+            raise DataError(
+                f"cut {cut.id}: phones {unknown} are not in {tokenizer.source}; the cuts and the "
+                "symbol table come from different stage-1 runs - rerun stage 1"
+            )
+
+
+class VALLEDataset(torch.utils.data.Dataset):
+    """Map-style lhotse dataset: `dataset[cutset]` -> one padded batch (see module docstring)."""
+
+    def __init__(self, tokenizer: TextTokenizer, num_quantizers: int = 8):
+        self.tokenizer = tokenizer
+        self.num_quantizers = num_quantizers
+
+    def __getitem__(self, cuts: CutSet) -> dict:
+        texts, codes, ids = [], [], []
+        for cut in cuts:
+            try:
+                texts.append(torch.tensor(self.tokenizer.encode(cut.custom["phones"])))
+            except UnknownPhoneError as e:
+                raise DataError(f"cut {cut.id}: {e}") from None
+            c = torch.as_tensor(cut.load_codes()).long()  # (frames, 8)
+            if c.ndim != 2 or c.shape[1] < self.num_quantizers:
+                raise DataError(
+                    f"cut {cut.id}: codes of shape {tuple(c.shape)}, expected (frames, >= "
+                    f"{self.num_quantizers}) - stage 1 used another codec setting"
+                )
+            codes.append(c[:, : self.num_quantizers])
+            ids.append(cut.id)
+        x_lens = torch.tensor([len(t) for t in texts], dtype=torch.long)
+        y_lens = torch.tensor([len(c) for c in codes], dtype=torch.long)
+        x = torch.full((len(texts), int(x_lens.max())), self.tokenizer.pad_id, dtype=torch.long)
+        y = torch.zeros((len(codes), int(y_lens.max()), self.num_quantizers), dtype=torch.long)
+        for i, (t, c) in enumerate(zip(texts, codes, strict=True)):
+            x[i, : len(t)] = t
+            y[i, : len(c)] = c
+        return {"x": x, "x_lens": x_lens, "y": y, "y_lens": y_lens, "cut_ids": ids}
+
+
+def make_sampler(
+    cuts: CutSet,
+    cfg: Config,
+    *,
+    shuffle: bool,
+    world_size: int = 1,
+    rank: int = 0,
+    drop_last: bool = False,
+) -> CutSampler:
+    """The lhotse sampler the config asks for (see module docstring)."""
+    train = cfg.train
+    if train.use_dynamic_batchsize:
+        hop = cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
+        return DynamicBucketingSampler(
+            cuts,
+            max_duration=train.max_tokens * hop,  # max_tokens counts codec frames, like Amphion
+            max_cuts=train.max_sentences,
+            num_buckets=train.num_buckets,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            seed=train.random_seed,
+            world_size=world_size,
+            rank=rank,
+        )
+    return SimpleCutSampler(
+        cuts,
+        max_cuts=train.batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        seed=train.random_seed,
+        world_size=world_size,
+        rank=rank,
+    )
+
+
+class ResumableBatches:
+    """Iterable of CutSet batches of one epoch that can start at a recorded position.
+
+    `set_position(epoch, batches_done)` then `iter()` yields the epoch's batches after the first
+    `batches_done` (the sampler re-draws the same order from seed + epoch)."""
+
+    def __init__(self, sampler: CutSampler):
+        self.sampler = sampler
+        self.epoch = 0
+        self.skip = 0
+
+    def set_position(self, epoch: int, batches_done: int = 0) -> None:
+        self.epoch, self.skip = epoch, batches_done
+
+    def __iter__(self) -> Iterator[CutSet]:
+        self.sampler.set_epoch(self.epoch)
+        batches = iter(self.sampler)
+        for _ in range(self.skip):
+            if next(batches, None) is None:
+                break
+        self.skip = 0
+        yield from batches
+
+    def state_dict(self, epoch: int, batches_done: int) -> dict:
+        """Position (what resume uses) plus the lhotse sampler's own settings (for reference)."""
+        return {
+            "epoch": epoch,
+            "batches_done": batches_done,
+            "lhotse": self.sampler.state_dict(),
+        }
+
+
+def make_dataloader(
+    cuts: CutSet,
+    cfg: Config,
+    tokenizer: TextTokenizer,
+    *,
+    shuffle: bool,
+    world_size: int = 1,
+    rank: int = 0,
+    num_workers: int = 0,
+) -> tuple[torch.utils.data.DataLoader, ResumableBatches]:
+    batches = ResumableBatches(
+        make_sampler(cuts, cfg, shuffle=shuffle, world_size=world_size, rank=rank)
+    )
+    loader = torch.utils.data.DataLoader(
+        VALLEDataset(tokenizer, cfg.model.num_quantizers),
+        sampler=batches,
+        batch_size=None,
+        num_workers=num_workers,
+        persistent_workers=False,
+    )
+    return loader, batches
+
+
+def auto_num_workers(requested: int, num_processes: int) -> int:
+    """`train.num_workers`; -1 = the CPU cores left per training process (at most 4)."""
+    if requested >= 0:
+        return requested
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(0, min(4, (cores or 1) // max(num_processes, 1) - 1))

@@ -1,0 +1,173 @@
+"""Helpers of the training tests: a small fake stage-1 output, a tiny config, a subprocess runner.
+
+The fake stage-1 output has the layout of docs/ARCHITECTURE.md (symbols.dict, codec/codec.json,
+libritts/cuts_{train,valid}.jsonl.gz with `custom["phones"]` and a `codes` TemporalArray stored
+with a lhotse writer), so the dataset and trainer read it exactly like the real one, without
+waiting for espeak-ng and a codec.
+
+Run as a script, it trains in this process with test hooks (used through subprocesses so that a
+real SIGTERM / SIGKILL can hit it):
+
+    python tests/train_fixtures.py [--sigterm_at_step K] [--hang_in_save_at_step K] -- TRAIN ARGS
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+PHONES = list("abcdefghijklmnop")
+HOP = 320 / 24000
+
+
+def make_stage1(
+    root: Path,
+    n_train: int = 8,
+    n_valid: int = 2,
+    seed: int = 0,
+    frames: tuple[int, int] = (16, 32),
+    num_phones: tuple[int, int] = (4, 9),
+    codec_name: str = "encodec_24khz",
+) -> Path:
+    """Write a fake stage-1 output under root; return root."""
+    from lhotse import CutSet, MonoCut
+    from lhotse.features.io import NumpyFilesWriter
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "symbols.dict").write_text(
+        "<eps> 0\n" + "".join(f"{p} {i}\n" for i, p in enumerate(PHONES, 1)), encoding="utf-8"
+    )
+    (root / "codec").mkdir(exist_ok=True)
+    codec = {"name": codec_name, "sample_rate": 24000, "bandwidth": 6.0, "num_quantizers": 8}
+    (root / "codec" / "codec.json").write_text(json.dumps(codec), encoding="utf-8")
+    out = root / "libritts"
+    out.mkdir(exist_ok=True)
+    with NumpyFilesWriter(str(out / "codes")) as writer:
+        for split, n in (("train", n_train), ("valid", n_valid)):
+            cuts = []
+            for i in range(n):
+                cut_id = f"{split}_{i:03d}"
+                t = int(rng.integers(frames[0], frames[1] + 1))
+                codes = rng.integers(0, 1024, size=(t, 8)).astype(np.int16)
+                phones = [
+                    PHONES[k] for k in rng.integers(0, len(PHONES), rng.integers(*num_phones))
+                ]
+                cut = MonoCut(id=cut_id, start=0.0, duration=t * HOP, channel=0)
+                cut.custom = {"phones": phones}
+                cut.codes = writer.store_array(cut_id, codes, frame_shift=HOP, temporal_dim=0)
+                cuts.append(cut)
+            CutSet.from_cuts(cuts).to_file(out / f"cuts_{split}.jsonl.gz")
+    return root
+
+
+def write_config(path: Path, processed_dir: Path, log_dir: Path, model=None, train=None) -> Path:
+    """A tiny-model recipe config (json) over the fake stage-1 output."""
+    cfg = {
+        "base_config": str(REPO / "config" / "valle.json"),
+        "dataset": ["libritts"],
+        "log_dir": str(log_dir),
+        "preprocess": {"processed_dir": str(processed_dir), "min_duration": 0.1},
+        "model": {
+            "text_token_num": 32,
+            "decoder_dim": 32,
+            "nhead": 2,
+            "num_decoder_layers": 1,
+            "prefix_mode": 1,
+            "dropout": 0.1,
+            **(model or {}),
+        },
+        "train": {
+            "batch_size": 3,
+            "max_epoch": 0,
+            "max_steps": 8,
+            "base_lr": 1e-3,
+            "warmup_steps": 2,
+            "total_training_steps": 20,
+            "valid_interval": 0,
+            "save_interval": 0,
+            "log_interval": 1,
+            "num_workers": 0,
+            "keep_last": 2,
+            "random_seed": 7,
+            **(train or {}),
+        },
+    }
+    path.write_text(json.dumps(cfg, indent=1), encoding="utf-8")
+    return path
+
+
+def read_log(exp_dir: Path) -> dict[int, dict]:
+    """train_log.jsonl as {step: record}; later lines win (a resumed run appends)."""
+    records = {}
+    for line in (exp_dir / "train_log.jsonl").read_text(encoding="utf-8").splitlines():
+        rec = json.loads(line)
+        records[rec["step"]] = rec
+    return records
+
+
+def run_training(args: list[str], hooks: list[str] = (), timeout: float = 300, **popen):
+    """Train in a subprocess with 1 torch thread: CompletedProcess, or Popen if wait=False."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), *hooks, "--", *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    if popen.pop("wait", True) is False:
+        return subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def _runner(argv: list[str]) -> int:
+    import logging
+
+    import torch
+
+    from models.tts.valle import trainer
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--sigterm_at_step", type=int, default=0)
+    p.add_argument("--hang_in_save_at_step", type=int, default=0)
+    split = argv.index("--")
+    hooks, train_args = p.parse_args(argv[:split]), argv[split + 1 :]
+    logging.basicConfig(level=logging.INFO)
+    torch.set_num_threads(1)
+
+    if hooks.sigterm_at_step:
+        log_step = trainer.log_step
+
+        def log_step_then_signal(run, *a, **k):
+            log_step(run, *a, **k)
+            if run.step == hooks.sigterm_at_step:
+                os.kill(os.getpid(), signal.SIGTERM)  # a real signal through the real handler
+
+        trainer.log_step = log_step_then_signal
+
+    if hooks.hang_in_save_at_step:
+        save_checkpoint = trainer.save_checkpoint
+
+        def hanging_save(exp_dir, name, weights, meta, state):
+            if meta["step"] != hooks.hang_in_save_at_step:
+                return save_checkpoint(exp_dir, name, weights, meta, state)
+            from safetensors.torch import save_file
+
+            from utils.checkpoint import atomic_directory
+
+            with atomic_directory(Path(exp_dir) / "checkpoint" / name) as tmp:
+                save_file(weights, str(tmp / "model.safetensors"))
+                print("HANGING IN SAVE", flush=True)
+                time.sleep(600)  # the test kills us with SIGKILL here
+
+        trainer.save_checkpoint = hanging_save
+    return trainer.main(train_args)
+
+
+if __name__ == "__main__":
+    sys.exit(_runner(sys.argv[1:]))
