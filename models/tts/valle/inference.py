@@ -250,9 +250,13 @@ def _is_audio_file(path: Path) -> bool:
 
 
 def safe_name(text: str, max_len: int = 40) -> str:
-    """A file stem made from free text ("Hello, world!" -> "hello_world")."""
-    stem = re.sub(r"[^\w]+", "_", text.lower()).strip("_")
-    return stem[:max_len].rstrip("_") or "pred"
+    """A file stem made of the first words of free text ("Hello, world!" -> "hello_world")."""
+    stem = ""
+    for word in re.findall(r"\w+", text.lower()):
+        if stem and len(stem) + 1 + len(word) > max_len:
+            break
+        stem = f"{stem}_{word}" if stem else word[:max_len]
+    return stem or "pred"
 
 
 def parse_test_list(
