@@ -182,11 +182,17 @@ class ResumableBatches:
     def __iter__(self) -> Iterator[CutSet]:
         self.sampler.set_epoch(self.epoch)
         batches = iter(self.sampler)
-        for _ in range(self.skip):
-            if next(batches, None) is None:
-                break
-        self.skip = 0
-        yield from batches
+        skip, self.skip = self.skip, 0
+        # only next(): a lhotse sampler restarts its epoch whenever iter() is called on it again
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            if skip:
+                skip -= 1
+                continue
+            yield batch
 
     def state_dict(self, epoch: int, batches_done: int) -> dict:
         """Position (what resume uses) plus the lhotse sampler's own settings (for reference)."""
@@ -216,6 +222,9 @@ def make_dataloader(
         batch_size=None,
         num_workers=num_workers,
         persistent_workers=False,
+        # each new iterator draws a worker base seed: from its own generator, not torch's global
+        # RNG, so starting an epoch (or a resumed one) never shifts the dropout random stream
+        generator=torch.Generator().manual_seed(0),
     )
     return loader, batches
 
