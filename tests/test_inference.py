@@ -149,11 +149,11 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _run_sh(*args: str) -> subprocess.CompletedProcess:
+def _run_sh(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
     env = dict(os.environ, OMP_NUM_THREADS="1")
     return subprocess.run(
-        ["sh", "egs/tts/VALLE/run.sh", "--stage", "3", *args],
-        cwd=REPO_ROOT,
+        ["sh", str(REPO_ROOT / "egs" / "tts" / "VALLE" / "run.sh"), "--stage", "3", *args],
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=600,
@@ -195,7 +195,8 @@ def test_run_sh_single(world, tmp_path):
         "--infer_text_prompt",
         "prompt " + TEXTS[1],
         "--infer_audio_prompt",
-        str(world["prompts"] / "b.flac"),
+        "prompts/b.flac",  # relative to the caller's directory, not the repository
+        cwd=world["prompts"].parent,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = proc.stdout + proc.stderr
@@ -204,6 +205,7 @@ def test_run_sh_single(world, tmp_path):
     (record,) = _records(out / "single" / "results.jsonl")
     assert record["output"] == str(out / "single" / "the_quick_brown_fox_jumps_over_the_lazy.wav")
     assert record["text"] == TEXTS[0] and record["text_prompt"] == "prompt " + TEXTS[1]
+    assert record["audio_prompt"] == str(world["prompts"] / "b.flac")
     _check_result(record, out / "single")
     assert "Successfully finished" in logs
 

@@ -145,6 +145,10 @@ fi
 [ -f "$work_dir/.venv/bin/activate" ] || die "$work_dir/.venv is missing: run 'make install' once"
 # shellcheck disable=SC1091
 . "$work_dir/env.sh"
+# Stage 3 paths given relative to the caller's directory stay so after the cd below.
+for opt in infer_expt_dir infer_output_dir infer_test_list_file infer_audio_prompt; do
+  case "${!opt}" in ""|/*) ;; *) printf -v "$opt" '%s' "$PWD/${!opt}" ;; esac
+done
 cd "$work_dir"
 [ -z "$gpu" ] || export CUDA_VISIBLE_DEVICES=$gpu
 start_time=$(date +%s)
