@@ -23,56 +23,48 @@ class KVCache:
 
     All rows share one write position ``length`` (batched decoding pads the prefill, then every
     row appends one frame per step); which cached positions a row may see is up to the mask.
+    Buffers are allocated on the first write with the keys' dtype, so decoding under autocast
+    caches bf16/fp16 keys.
     """
 
-    def __init__(
-        self,
-        num_layers: int,
-        batch_size: int,
-        nhead: int,
-        head_dim: int,
-        capacity: int,
-        device: torch.device,
-        dtype: torch.dtype,
-    ):
-        shape = (batch_size, nhead, capacity, head_dim)
-        self.keys = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
-        self.values = [torch.empty(shape, device=device, dtype=dtype) for _ in range(num_layers)]
+    def __init__(self, num_layers: int, capacity: int):
+        self.keys: list[torch.Tensor | None] = [None] * num_layers
+        self.values: list[torch.Tensor | None] = [None] * num_layers
+        self.initial_capacity = capacity
         self.length = 0
 
-    @property
-    def capacity(self) -> int:
-        return self.keys[0].shape[2]
-
-    def _grow(self, needed: int) -> None:
-        new_capacity = max(needed, 2 * self.capacity)
-
-        def grown(t: torch.Tensor) -> torch.Tensor:
-            out = t.new_empty(t.shape[0], t.shape[1], new_capacity, t.shape[3])
-            out[:, :, : self.length] = t[:, :, : self.length]
-            return out
-
-        self.keys = [grown(k) for k in self.keys]
-        self.values = [grown(v) for v in self.values]
+    @staticmethod
+    def _resized(t: torch.Tensor, capacity: int, length: int) -> torch.Tensor:
+        out = t.new_empty(t.shape[0], t.shape[1], capacity, t.shape[3])
+        out[:, :, :length] = t[:, :, :length]
+        return out
 
     def write(
         self, layer: int, k: torch.Tensor, v: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store k, v (B, H, L, hd) at [length, length + L); return all keys/values so far."""
         end = self.length + k.shape[2]
-        if end > self.capacity:
-            self._grow(end)
-        self.keys[layer][:, :, self.length : end] = k
-        self.values[layer][:, :, self.length : end] = v
-        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+        keys, values = self.keys[layer], self.values[layer]
+        if keys is None:
+            capacity = max(end, self.initial_capacity)
+            keys = k.new_empty(k.shape[0], k.shape[1], capacity, k.shape[3])
+            values = v.new_empty(v.shape[0], v.shape[1], capacity, v.shape[3])
+        elif end > keys.shape[2]:
+            capacity = max(end, 2 * keys.shape[2])
+            keys = self._resized(keys, capacity, self.length)
+            values = self._resized(values, capacity, self.length)
+        keys[:, :, self.length : end] = k
+        values[:, :, self.length : end] = v
+        self.keys[layer], self.values[layer] = keys, values
+        return keys[:, :, :end], values[:, :, :end]
 
     def advance(self, n: int) -> None:
         self.length += n
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only the given batch rows (finished items leave the batch)."""
-        self.keys = [k.index_select(0, rows) for k in self.keys]
-        self.values = [v.index_select(0, rows) for v in self.values]
+        self.keys = [None if k is None else k.index_select(0, rows) for k in self.keys]
+        self.values = [None if v is None else v.index_select(0, rows) for v in self.values]
 
 
 class MultiheadSelfAttention(nn.Module):
@@ -204,18 +196,9 @@ class TransformerStack(nn.Module):
         self.norm = norm_cls(dim) if norm_first else None
         self.gradient_checkpointing = False
 
-    def new_cache(
-        self, batch_size: int, capacity: int, device: torch.device, dtype: torch.dtype
-    ) -> KVCache:
-        return KVCache(
-            len(self.layers),
-            batch_size,
-            self.nhead,
-            self.dim // self.nhead,
-            capacity,
-            device,
-            dtype,
-        )
+    def new_cache(self, capacity: int) -> KVCache:
+        """An empty KV cache for this stack with room for ``capacity`` positions to start."""
+        return KVCache(len(self.layers), capacity)
 
     def forward(
         self,

@@ -129,16 +129,21 @@ def test_fixture_greedy_codes(amphion_model, fixture, use_kv_cache):
     assert result.ar_steps == int(exp["greedy_ar_steps"])
 
 
-def test_fixture_inference_wrapper_and_first_step_logits(amphion_model, fixture):
+def test_fixture_inference_wrapper_and_step_logits(amphion_model, fixture):
     inp, exp = fixture["inputs"], fixture["expected"]
-    logits, handle = capture(amphion_model.ar_predict_layer)
+    calls: list[torch.Tensor] = []
+    handle = amphion_model.ar_predict_layer.register_forward_hook(
+        lambda mod, args, out: calls.append(out)
+    )
     codes = amphion_model.inference(
         inp["x1"], inp["x1_lens"], inp["y1"], inp["enroll_x_lens"], top_k=1
     )
     handle.remove()
     assert torch.equal(codes, exp["greedy_codes"])
-    # The last AR call of the loop is the pass that stopped it.
-    assert_close_rel(logits["y"], exp["greedy_last_step_ar_logits"])
+    # One AR pass per frame plus the pass that stopped the loop.
+    assert len(calls) == int(exp["greedy_ar_steps"])
+    assert_close_rel(calls[0], exp["greedy_first_step_ar_logits"])
+    assert_close_rel(calls[-1], exp["greedy_last_step_ar_logits"])
 
 
 # ----------------------------------------------------------------- checkpoints
@@ -414,6 +419,14 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         grads.append(model.ar_decoder.layers[0].linear1.weight.grad.clone())
         grads.append(model.nar_decoder.layers[1].self_attn.in_proj_weight.grad.clone())
     assert torch.allclose(grads[0], grads[2]) and torch.allclose(grads[1], grads[3])
+
+
+def test_generate_under_autocast_runs():
+    model = tiny(prefix_mode=1)
+    texts, prompts = make_items(2, seed=13, text_vocab=20)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        result = generate_batch(model, texts, prompts, max_new_frames=torch.tensor([3, 5]))
+    assert [c.shape for c in result.codes] == [(3, 8), (5, 8)]
 
 
 def test_bfloat16_forward_and_generate_run():

@@ -760,7 +760,7 @@ class VALLE(nn.Module):
         padding = torch.cat([text_pad, make_pad_mask(prompt_lens, P)], dim=1)  # (B, S + P)
         # Room for 10 s of audio up front; the cache doubles when a long item needs more.
         capacity = S + P + min(max_new, 750)
-        cache = self.ar_decoder.new_cache(B, capacity, text_emb.device, text_emb.dtype)
+        cache = self.ar_decoder.new_cache(capacity)
         h = self.ar_decoder(
             torch.cat([text_emb, audio], dim=1),
             attn_mask=ar_attention_mask(S, P, padding),
