@@ -39,6 +39,10 @@ def _backend(language: str):
             from phonemizer.backend import EspeakBackend
         except ImportError as e:
             raise G2PError(f"phonemizer is not installed ({e}); run 'make install'") from None
+        import logging
+
+        quiet = logging.getLogger("phonemizer.g2p")  # "words count mismatch" warnings
+        quiet.setLevel(logging.ERROR)
         try:
             _backends[language] = EspeakBackend(
                 language,
@@ -47,6 +51,7 @@ def _backend(language: str):
                 tie=False,
                 language_switch="keep-flags",
                 words_mismatch="ignore",
+                logger=quiet,
             )
         except RuntimeError as e:  # espeak-ng library missing or language not supported
             raise G2PError(

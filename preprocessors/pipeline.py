@@ -1,0 +1,431 @@
+"""Recipe stage 1: corpora -> lhotse cuts with phones and exact EnCodec codes.
+
+Steps (see docs/ARCHITECTURE.md for the output layout):
+
+1. manifests: each corpus is read with lhotse (`preprocessors.corpora`); unusable files and lines
+   are rejected, not fatal;
+2. filters + G2P: empty transcript, too short / too long, text without phones, phones missing
+   from a given symbol table (`existing_symbols_dict`) -> rejected with the reason;
+3. codec: the official / local-checkpoint / random-init EnCodec (random init: seeded k-means on
+   the first `codec_init_seconds` of training audio), saved in `<processed_dir>/codec/`;
+4. tokenization in shards (`preprocessors.tokenize`), in this process or in `num_workers` worker
+   processes per device, each writing its own shard files;
+5. merge: `<dataset>/cuts_<split>.jsonl.gz` (phones in `cut.custom["phones"]`, codes in
+   `cut.codes`), `<dataset>/rejected.jsonl`, `<dataset>/summary.json`, `symbols.dict`,
+   `config.json`, and `stage1.done.json` holding the fingerprint of everything that produced them.
+
+Re-running with the same config and corpus files is a no-op (fingerprint match). A killed run
+keeps its finished shards (each carries the fingerprint of the codec and of its cut list) and
+every manifest is written to a temporary name and renamed, so nothing truncated is ever left
+under a final name. A changed setting changes the fingerprints of what it affects: a new codec
+redoes all shards, new filters only the shards whose membership changed, new G2P settings only
+the (cheap) phones and the merge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import os
+import shutil
+import time
+import uuid
+import zlib
+from collections import Counter
+from pathlib import Path
+
+from lhotse import CutSet
+from tqdm import tqdm
+
+from models.codec.encodec import OFFICIAL_NAME, RANDOM_INIT_WARNING, CodecTokenizer
+from preprocessors.corpora import corpus_files, read_corpus, reject
+from preprocessors.g2p import g2p_version, has_speech_phones, phonemize
+from preprocessors.tokenize import ShardTask, run_shard, worker_init, worker_run
+from utils.audio import load_audio
+from utils.config import Config, resolve_path, save_config
+from utils.symbol_table import SymbolTable, TextTokenizer
+
+log = logging.getLogger("preprocess")
+STAGE1_FORMAT = "codectts-stage1-1"  # bump when the output of the same settings changes
+DONE_FILE = "stage1.done.json"
+
+
+class StageError(RuntimeError):
+    """Stage 1 cannot produce usable output; the message says why and what to do."""
+
+
+def _sha(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _file_sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _atomic_cuts(cuts: CutSet, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.jsonl.gz")
+    cuts.to_file(tmp)
+    os.replace(tmp, path)
+
+
+def split_names(pcfg) -> dict[str, str]:
+    """Split -> file stem (train_file / valid_file keep Amphion's meaning: the stem names it)."""
+    return {
+        "train": Path(pcfg.train_file).stem,
+        "valid": Path(pcfg.valid_file).stem,
+        "test": "test",
+    }
+
+
+def codec_settings(pcfg) -> dict:
+    """Settings that define the codec (a change rebuilds it and redoes every shard)."""
+    if pcfg.codec_checkpoint:
+        path = resolve_path(pcfg.codec_checkpoint)
+        if not path.is_file():
+            raise StageError(f"preprocess.codec_checkpoint: {path} does not exist")
+        weights = {"checkpoint_sha256": _file_sha(path)}
+    elif pcfg.codec_pretrained:
+        weights = {"pretrained": OFFICIAL_NAME}
+    else:
+        weights = {
+            "random_init_seed": pcfg.codec_init_seed,
+            "init_seconds": pcfg.codec_init_seconds,
+        }
+    return {"bandwidth": pcfg.codec_bandwidth, **weights}
+
+
+def stage_settings(cfg: Config, roots: dict[str, Path]) -> dict:
+    pcfg = cfg.preprocess
+    existing = resolve_path(pcfg.existing_symbols_dict) if pcfg.existing_symbols_dict else None
+    if existing is not None and not existing.is_file():
+        raise StageError(f"preprocess.existing_symbols_dict: {existing} does not exist")
+    keys = (
+        "min_duration max_duration phone_extractor phone_language libritts_train_subsets "
+        "libritts_valid_subsets libritts_test_subsets valid_fraction test_fraction split_seed "
+        "symbols_dict acoustic_token_dir train_file valid_file shard_size"
+    ).split()
+    return {
+        "format": STAGE1_FORMAT,
+        "datasets": {name: str(root) for name, root in roots.items()},
+        "preprocess": {k: getattr(pcfg, k) for k in keys},
+        "g2p": g2p_version(pcfg.phone_language),
+        "existing_symbols_sha256": _file_sha(existing) if existing else "",
+        "codec": codec_settings(pcfg),
+    }
+
+
+def corpus_signature(cfg: Config, roots: dict[str, Path]) -> str:
+    """Names, sizes and mtimes of every corpus file the manifests depend on."""
+    h = hashlib.sha256()
+    for name, root in roots.items():
+        for f in corpus_files(name, root, cfg.preprocess):
+            try:
+                st = f.stat()
+                h.update(f"{f}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{f}\0missing\n".encode())
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ step 2: filters + G2P
+def filter_and_phonemize(
+    splits: dict[str, CutSet], pcfg, fixed: TextTokenizer | None
+) -> tuple[dict[str, list], list[dict]]:
+    """Kept cuts per split (with `custom["phones"]`) and the rejections."""
+    kept: dict[str, list] = {}
+    rejected: list[dict] = []
+    for split, cuts in splits.items():
+        kept[split] = []
+        for cut in tqdm(cuts, desc=f"G2P {split}", leave=False, mininterval=2):
+            path = cut.recording.sources[0].source
+            text = " ".join(s.text or "" for s in cut.supervisions).strip()
+            if not cut.supervisions or not text:
+                rejected.append(reject(cut.id, path, "empty_transcript"))
+                continue
+            if cut.duration < pcfg.min_duration:
+                rejected.append(reject(cut.id, path, "too_short", f"{cut.duration:.2f} s"))
+                continue
+            if cut.duration > pcfg.max_duration:
+                rejected.append(reject(cut.id, path, "too_long", f"{cut.duration:.2f} s"))
+                continue
+            phones = phonemize([text], pcfg.phone_language)[0]
+            if not has_speech_phones(phones):
+                rejected.append(reject(cut.id, path, "unphonemizable_text", repr(text)[:120]))
+                continue
+            if fixed is not None:
+                unknown = fixed.unknown_phones(phones)
+                if unknown:
+                    detail = f"phones {unknown} not in {pcfg.existing_symbols_dict}"
+                    rejected.append(reject(cut.id, path, "unknown_phone", detail))
+                    continue
+            kept[split].append(cut.with_custom("phones", phones))
+    return kept, rejected
+
+
+# ------------------------------------------------------------------ step 3: codec
+def prepare_codec(out: Path, cfg: Config, kept: dict[str, dict[str, list]]) -> CodecTokenizer:
+    """Reuse the saved codec when its settings match, else build (+ k-means init) and save."""
+    pcfg = cfg.preprocess
+    settings = codec_settings(pcfg)
+    meta_path = out / "codec" / "codec.json"
+    if meta_path.is_file() and json.loads(meta_path.read_text()).get("settings") == settings:
+        codec = CodecTokenizer.from_processed_dir(out)
+        log.info("codec: reusing %s (%s)", meta_path, codec.source.get("source"))
+    else:
+        codec = CodecTokenizer.from_config(pcfg)
+        if codec.is_random_init:
+            wavs, seconds = [], 0.0
+            train = [
+                c
+                for name in sorted(kept)
+                for c in sorted(kept[name].get("train", []), key=lambda c: c.id)
+            ]
+            for cut in train:
+                if seconds >= pcfg.codec_init_seconds:
+                    break
+                try:
+                    wavs.append(load_audio(cut.recording.sources[0].source))
+                except Exception:
+                    continue  # a bad file is rejected (and reported) by its shard
+                seconds += len(wavs[-1]) / 24000
+            if not wavs:
+                raise StageError("no readable training audio to initialise the random-init codec")
+            log.info("codec: k-means init of the random-init codec on %.1f s of audio", seconds)
+            codec.kmeans_init_(wavs, seed=pcfg.codec_init_seed)
+        codec.source["settings"] = settings
+        codec.save(out / "codec")
+    if codec.is_random_init:
+        log.warning("!" * 100)
+        log.warning(RANDOM_INIT_WARNING)
+        log.warning("!" * 100)
+    return codec
+
+
+# ------------------------------------------------------------------ step 4: shards
+def plan_shards(
+    name: str, kept: dict[str, list], num_candidates: int, out_dir: Path, codec, pcfg
+) -> list[ShardTask]:
+    """Stable shards: crc32(id) mod S, S from the corpus size before filtering, so a filter
+    change only touches the shards whose membership changes."""
+    num = max(1, math.ceil(num_candidates / pcfg.shard_size))
+    members: dict[int, list] = {}
+    for cut in (c for split in kept.values() for c in split):
+        members.setdefault(zlib.crc32(cut.id.encode()) % num, []).append(cut)
+    tasks = []
+    for index in sorted(members):
+        cuts = sorted(members[index], key=lambda c: c.id)
+        dicts = []
+        for c in cuts:
+            d = c.to_dict()
+            d.get("custom", {}).pop("phones", None)  # phones are merged later, not in shards
+            dicts.append(d)
+        identity = [(c.id, c.recording.sources[0].source, c.recording.num_samples) for c in cuts]
+        fp = _sha([STAGE1_FORMAT, codec.fingerprint(), identity])[:12]
+        tasks.append(
+            ShardTask(
+                name,
+                index,
+                f"shard-{index:05d}-{fp}",
+                str(out_dir),
+                dicts,
+                pcfg.codec_batch_seconds,
+            )
+        )
+    return tasks
+
+
+def run_shards(tasks: list[ShardTask], codec, out: Path, devices: list[str], workers: int):
+    todo = [t for t in tasks if not t.done_path.is_file()]
+    done = len(tasks) - len(todo)
+    if done:
+        log.info(
+            "tokenize: %d of %d shards already done (kept from an earlier run)", done, len(tasks)
+        )
+    if not todo:
+        return
+    hours = sum(t.seconds for t in todo) / 3600
+    bar = tqdm(
+        total=round(hours, 4),
+        unit="h",
+        desc="EnCodec tokens (audio hours)",
+        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}, {rate_fmt}]",
+    )
+    processes = workers * len(devices)
+    if processes == 1:
+        codec.model.to(devices[0])
+        codec.device = __import__("torch").device(devices[0])
+        for task in todo:
+            run_shard(task, codec, progress=lambda s: bar.update(s / 3600))
+    else:
+        ctx = mp.get_context("spawn")
+        counter = ctx.Value("i", 0)
+        threads = max(1, (os.cpu_count() or 1) // processes)
+        with ctx.Pool(processes, worker_init, (str(out), devices, threads, counter)) as pool:
+            for record in pool.imap_unordered(worker_run, todo):
+                bar.update(record["seconds"] / 3600)
+    bar.close()
+
+
+# ------------------------------------------------------------------ step 5: merge
+def merge_dataset(name: str, kept, tasks, rejected, out: Path, pcfg) -> dict:
+    work = out / name
+    token_dir = work / pcfg.acoustic_token_dir
+    encoded = {}
+    for task in tasks:
+        for cut in CutSet.from_file(token_dir / f"{task.name}.jsonl.gz"):
+            encoded[cut.id] = cut
+        for line in (token_dir / f"{task.name}.rejected.jsonl").read_text().splitlines():
+            rejected.append(json.loads(line))
+    summary = {"splits": {}, "rejected": {}}
+    names = split_names(pcfg)
+    for split, cuts in kept.items():
+        final = [
+            encoded[c.id].with_custom("phones", c.custom["phones"])
+            for c in sorted(cuts, key=lambda c: c.id)
+            if c.id in encoded
+        ]
+        _atomic_cuts(CutSet.from_cuts(final), work / f"cuts_{names[split]}.jsonl.gz")
+        summary["splits"][names[split]] = {
+            "utterances": len(final),
+            "hours": round(sum(c.duration for c in final) / 3600, 4),
+            "speakers": len({s.speaker for c in final for s in c.supervisions}),
+        }
+    rejected.sort(key=lambda r: (r["reason"], r["id"]))
+    _atomic_text(
+        work / "rejected.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected)
+    )
+    summary["rejected"] = dict(sorted(Counter(r["reason"] for r in rejected).items()))
+    # Files of other fingerprints (older settings, killed runs) are no longer referenced.
+    current = {t.name for t in tasks}
+    for f in token_dir.iterdir():
+        if not any(f.name.startswith(n + ".") for n in current):
+            f.unlink() if f.is_file() else shutil.rmtree(f, ignore_errors=True)
+    _atomic_text(work / "summary.json", json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def write_symbols(out: Path, kept_all: list, pcfg) -> Path:
+    path = out / pcfg.symbols_dict
+    if pcfg.existing_symbols_dict:
+        src = resolve_path(pcfg.existing_symbols_dict)
+        if not path.is_file() or path.read_bytes() != src.read_bytes():
+            _atomic_text(path, src.read_text(encoding="utf-8"))
+        return path
+    phones = {p for c in kept_all for p in c.custom["phones"]}
+    if path.is_file():
+        old = SymbolTable.from_file(path)
+        if phones <= set(old.symbols):
+            return path  # keep the ids of the previous run
+        log.warning(
+            "symbols.dict: new phones %s; ids change (as Amphion merges tables)",
+            sorted(phones - set(old.symbols)),
+        )
+        phones |= set(old.symbols) - {"<eps>"}
+    SymbolTable.from_symbols(phones).to_file(path)
+    return path
+
+
+def print_summary(summaries: dict[str, dict]) -> None:
+    for name, s in summaries.items():
+        for split, v in s["splits"].items():
+            log.info(
+                "%s/%s: kept %d utterances, %.3f h, %d speakers",
+                name,
+                split,
+                v["utterances"],
+                v["hours"],
+                v["speakers"],
+            )
+        total = sum(s["rejected"].values())
+        detail = ", ".join(f"{k}: {v}" for k, v in s["rejected"].items()) or "none"
+        log.info("%s: rejected %d (%s) -> %s/rejected.jsonl", name, total, detail, name)
+
+
+def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
+    """Run (or resume, or confirm up to date) stage 1; returns the per-dataset summaries."""
+    start = time.time()
+    pcfg = cfg.preprocess
+    out = resolve_path(pcfg.processed_dir)
+    roots = {}
+    for name in cfg.dataset:
+        if name not in cfg.dataset_path:
+            raise StageError(f"dataset_path has no entry for corpus {name!r} (named in 'dataset')")
+        roots[name] = resolve_path(cfg.dataset_path[name])
+    settings = stage_settings(cfg, roots)
+    fingerprint = _sha([settings, corpus_signature(cfg, roots)])
+    done_path = out / DONE_FILE
+    if done_path.is_file():
+        done = json.loads(done_path.read_text())
+        outputs = [out / pcfg.symbols_dict, out / "codec" / "codec.json", out / "config.json"]
+        if done.get("fingerprint") == fingerprint and all(p.is_file() for p in outputs):
+            log.info(
+                "Stage 1 is already complete for these settings and corpus files: "
+                "nothing to do (%s)",
+                done_path,
+            )
+            print_summary(done["summaries"])
+            return done["summaries"]
+        log.info("Stage 1 settings or corpus files changed since the last run: updating")
+    done_path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+
+    fixed = (
+        TextTokenizer.from_file(resolve_path(pcfg.existing_symbols_dict))
+        if pcfg.existing_symbols_dict
+        else None
+    )
+    kept, rejected, candidates = {}, {}, {}
+    for name, root in roots.items():
+        log.info("%s: reading manifests from %s", name, root)
+        corpus = read_corpus(name, root, pcfg, out / name)
+        candidates[name] = sum(len(c) for c in corpus.splits.values()) + len(corpus.rejected)
+        kept[name], rej = filter_and_phonemize(corpus.splits, pcfg, fixed)
+        rejected[name] = corpus.rejected + rej
+        if not any(kept[name].values()):
+            _atomic_text(
+                out / name / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected[name])
+            )
+            raise StageError(
+                f"{name}: nothing usable left ({len(rejected[name])} utterances "
+                f"rejected, see {out / name / 'rejected.jsonl'})"
+            )
+
+    codec = prepare_codec(out, cfg, kept)
+    tasks = {
+        name: plan_shards(
+            name, kept[name], candidates[name], out / name / pcfg.acoustic_token_dir, codec, pcfg
+        )
+        for name in roots
+    }
+    run_shards([t for ts in tasks.values() for t in ts], codec, out, devices, num_workers)
+
+    summaries = {
+        name: merge_dataset(name, kept[name], tasks[name], rejected[name], out, pcfg)
+        for name in roots
+    }
+    for name, s in summaries.items():
+        if not any(v["utterances"] for v in s["splits"].values()):
+            raise StageError(f"{name}: nothing usable left (see {out / name / 'rejected.jsonl'})")
+    kept_all = [c for name in roots for split in kept[name].values() for c in split]
+    write_symbols(out, kept_all, pcfg)
+    save_config(cfg, out / "config.json")
+    print_summary(summaries)
+    _atomic_text(
+        done_path,
+        json.dumps(
+            {"fingerprint": fingerprint, "summaries": summaries, "settings": settings}, indent=2
+        )
+        + "\n",
+    )
+    log.info("Stage 1 finished in %.1f s -> %s", time.time() - start, out)
+    return summaries
