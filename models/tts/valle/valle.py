@@ -628,46 +628,47 @@ class VALLE(nn.Module):
         if self.prepend_bos:
             prompt_rows = [F.pad(p, (1, 0), value=self.bos_id) for p in prompt_rows]
         text_emb, text_pad = self._embed_text_rows(text_rows, nar=False)  # (B, S, D), (B, S)
-        prompt_lens = torch.tensor([len(p) for p in prompt_rows], device=text_emb.device)
+        device = text_emb.device
+        prompt_lens = torch.tensor([len(p) for p in prompt_rows], device=device)
         generated: list[list[int]] = [[] for _ in range(B)]
         reasons = [""] * B
         warned = [False] * B
-        active = list(range(B))  # original indices of the rows still decoding
+        active = list(range(B))  # original indices of the items still decoding
         cache: KVCache | None = None
         key_ok: torch.Tensor | None = None  # cached path: (B_active, cache_len) visible keys
         ar_steps = 0
         new_frames = 0  # frames generated so far by every active item (they step together)
 
-        while True:
+        def keep_rows(keep: list[int]) -> None:
+            """Finished items leave the batch (and the KV cache)."""
+            nonlocal active, key_ok
+            active = [active[i] for i in keep]
+            if cache is not None and active:
+                rows = torch.tensor(keep, device=device)
+                cache.select(rows)
+                key_ok = key_ok[rows]
+
+        while active:
             # Items at their cap stop without another pass.
-            done = [i for i, b in enumerate(active) if new_frames >= caps[b]]
-            for i in done:
-                reasons[active[i]] = "cap"
-            if done:
-                keep = [i for i in range(len(active)) if i not in done]
-                active = [active[i] for i in keep]
+            capped = [new_frames >= caps[b] for b in active]
+            for b, is_capped in zip(active, capped, strict=True):
+                if is_capped:
+                    reasons[b] = "cap"
+            if any(capped):
+                keep_rows([i for i, c in enumerate(capped) if not c])
                 if not active:
                     break
-                if cache is not None:
-                    rows = torch.tensor(keep, device=text_emb.device)
-                    cache.select(rows)
-                    key_ok = key_ok[rows]
-            rows = torch.tensor(active, device=text_emb.device)
+            rows = torch.tensor(active, device=device)
 
             if not use_kv_cache:
-                logits = self._ar_full_pass(
-                    text_emb[rows],
-                    text_pad[rows],
-                    [
-                        torch.cat([prompt_rows[b], prompt_rows[b].new_tensor(generated[b])])
-                        for b in active
-                    ],
-                )
+                audio = [torch.cat([prompt_rows[b], prompt_rows[b].new_tensor(generated[b])])
+                         for b in active]  # fmt: skip
+                logits = self._ar_full_pass(text_emb[rows], text_pad[rows], audio)
             elif cache is None:
                 logits, cache, key_ok = self._ar_prefill(text_emb, text_pad, prompt_rows, max(caps))
             else:
-                last = torch.tensor([generated[b][-1] for b in active], device=text_emb.device)
-                positions = prompt_lens[rows] + new_frames - 1  # position of the frame fed in
+                last = torch.tensor([generated[b][-1] for b in active], device=device)
+                positions = prompt_lens[rows] + new_frames - 1  # audio position of `last`
                 key_ok = F.pad(key_ok, (0, 1), value=True)
                 logits = self._ar_step(last, positions, cache, key_ok)
             ar_steps += 1
@@ -675,12 +676,13 @@ class VALLE(nn.Module):
             tokens, stop = self._decide(logits, top_k, top_p, temperature, generator)
             early = stop & (new_frames < min_new_frames)
             if bool(early.any()):
+                # Amphion raised SyntaxError here; we forbid EOS for this frame and warn.
                 for i in early.nonzero().flatten().tolist():
                     if not warned[active[i]]:
                         warned[active[i]] = True
                         logger.warning(
                             "%s: the AR model chose EOS after %d frame(s); EOS suppressed until "
-                            "min_new_frames=%d (Amphion would have crashed here)",
+                            "min_new_frames=%d",
                             item_names[active[i]],
                             new_frames,
                             min_new_frames,
@@ -691,28 +693,18 @@ class VALLE(nn.Module):
                 tokens = torch.where(early, tokens_m, tokens)
                 stop = torch.where(early, stop_m, stop)
 
-            for i, b in enumerate(active):
-                if bool(stop[i]):
+            stop_list, token_list = stop.tolist(), tokens.tolist()  # one host sync per step
+            for b, stopped, token in zip(active, stop_list, token_list, strict=True):
+                if stopped:
                     reasons[b] = "eos"
                 else:
-                    generated[b].append(int(tokens[i]))
+                    generated[b].append(token)
             new_frames += 1
-            keep = [i for i in range(len(active)) if not bool(stop[i])]
-            if len(keep) < len(active):
-                active = [active[i] for i in keep]
-                if not active:
-                    break
-                if cache is not None:
-                    sel = torch.tensor(keep, device=text_emb.device)
-                    cache.select(sel)
-                    key_ok = key_ok[sel]
+            if any(stop_list):
+                keep_rows([i for i, stopped in enumerate(stop_list) if not stopped])
 
-        device = text_emb.device
-        return (
-            [torch.tensor(g, dtype=torch.long, device=device) for g in generated],
-            reasons,
-            ar_steps,
-        )
+        codes = [torch.tensor(g, dtype=torch.long, device=device) for g in generated]
+        return codes, reasons, ar_steps
 
     def _decide(
         self,
