@@ -1,0 +1,134 @@
+"""utils/checkpoint.py: atomic folders, tied weights in safetensors, pruning, discovery, safety."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from models.tts.valle.valle import VALLE
+from utils.checkpoint import (
+    CheckpointError,
+    atomic_directory,
+    checkpoint_name,
+    config_differences,
+    list_checkpoints,
+    load_tensor_file,
+    load_training_state,
+    prune_checkpoints,
+    read_best,
+    read_model_config,
+    remove_incomplete,
+    resolve_checkpoint_dir,
+    save_checkpoint,
+    unique_state_dict,
+    write_best,
+)
+
+
+def tiny_model() -> VALLE:
+    torch.manual_seed(0)
+    return VALLE(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8)
+
+
+def save(exp, step, loss=1.0, valid=None, state=None):
+    weights = {"w": torch.full((2,), float(step))}
+    meta = {"step": step, "valid_loss": valid, "model": {"decoder_dim": 16}}
+    return save_checkpoint(exp, checkpoint_name(0, step, loss), weights, meta, state)
+
+
+def test_tied_weights_saved_once_and_reload_tied(tmp_path):
+    model = tiny_model()
+    weights = unique_state_dict(model)
+    # 6 tied pairs (nar_predict_layers.j <-> nar_audio_embeddings.j+2) are stored once each
+    assert len(weights) == len(model.state_dict()) - 6
+    path = save_checkpoint(tmp_path, "epoch-0000_step-0000001_loss-1.000000", weights, {}, None)
+    loaded = load_file(str(path / "model.safetensors"))  # would fail on shared tensors
+    other = VALLE(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8)
+    other.load_amphion_state_dict(loaded)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(other.state_dict()[name], tensor), name
+    assert (
+        other.nar_predict_layers[0].weight is other.nar_audio_embeddings[2].word_embeddings.weight
+    )
+    assert json.loads((path / "meta.json").read_text())["format"] == "codectts-valle-1"
+
+
+def test_atomic_directory_failure_leaves_nothing(tmp_path):
+    final = tmp_path / "checkpoint" / "epoch-0000_step-0000001_loss-1.000000"
+    with pytest.raises(RuntimeError), atomic_directory(final) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"partial")
+        raise RuntimeError("killed mid-write")
+    assert not final.exists()
+    assert list((tmp_path / "checkpoint").iterdir()) == []
+
+
+def test_incomplete_write_is_ignored_and_cleaned(tmp_path):
+    good = save(tmp_path, 1)
+    stale = tmp_path / "checkpoint" / ".tmp-epoch-0000_step-0000002_loss-1.000000-abcd1234"
+    stale.mkdir()
+    (stale / "model.safetensors").write_bytes(b"half")
+    assert list_checkpoints(tmp_path) == [good]
+    assert resolve_checkpoint_dir(tmp_path) == good
+    assert remove_incomplete(tmp_path) == [stale] and not stale.exists()
+
+
+def test_prune_keeps_last_n_and_best(tmp_path):
+    paths = [save(tmp_path, s) for s in (1, 2, 3, 4, 5)]
+    write_best(tmp_path, paths[1].name)
+    deleted = prune_checkpoints(tmp_path, keep_last=2)
+    assert sorted(deleted) == sorted([paths[0], paths[2]])
+    assert list_checkpoints(tmp_path) == [paths[1], paths[3], paths[4]]
+    assert read_best(tmp_path) == paths[1]
+
+
+def test_list_orders_by_step_not_name(tmp_path):
+    late = save_checkpoint(tmp_path, checkpoint_name(0, 10, 1.0), {"w": torch.ones(1)}, {}, None)
+    early = save_checkpoint(tmp_path, checkpoint_name(3, 9, 1.0), {"w": torch.ones(1)}, {}, None)
+    assert list_checkpoints(tmp_path) == [early, late]
+
+
+def test_training_state_is_weights_only_and_pickles_refused(tmp_path):
+    state = {"step": 3, "rng": [torch.get_rng_state()], "python": (3, (1, 2), None)}
+    path = save(tmp_path, 3, state=state)
+    loaded = load_training_state(path)
+    assert loaded["step"] == 3 and torch.equal(loaded["rng"][0], state["rng"][0])
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    bad = tmp_path / "evil.pt"
+    torch.save({"x": Evil()}, bad)
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_tensor_file(bad)
+    weights_only = tmp_path / "weights_only"
+    save_checkpoint(tmp_path, "x", {"w": torch.ones(1)}, {}, None).rename(weights_only)
+    with pytest.raises(CheckpointError, match="finetune"):
+        load_training_state(weights_only)
+
+
+def test_resolve_amphion_release_and_its_model_config(tmp_path):
+    release = tmp_path / "valle_libritts"
+    ckpt = release / "checkpoint" / "epoch-0016_step-0060000_loss-3.000000"
+    ckpt.mkdir(parents=True)
+    torch.save(tiny_model().state_dict(), ckpt / "pytorch_model.bin")
+    (release / "args.json").write_text(json.dumps({"model": {"decoder_dim": 16, "nhead": 2}}))
+    assert resolve_checkpoint_dir(release) == ckpt
+    assert resolve_checkpoint_dir(ckpt) == ckpt
+    model_cfg, source = read_model_config(ckpt)
+    assert model_cfg == {"decoder_dim": 16, "nhead": 2} and source == release / "args.json"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        resolve_checkpoint_dir(tmp_path / "empty")
+
+
+def test_config_differences_lists_each_changed_key():
+    diffs = config_differences(
+        {"decoder_dim": 32, "nhead": 2, "nar_scale_factor": 1},
+        {"decoder_dim": 64, "nhead": 2, "nar_scale_factor": 1.0},
+    )
+    assert diffs == ["model.decoder_dim: 32 (checkpoint) -> 64 (config)"]

@@ -1,0 +1,249 @@
+"""Recipe stage 2 (bins/tts/train.py, models/tts/valle/trainer.py) on a tiny model and fake
+stage-1 data: exact resume after SIGTERM, kill -9 during a checkpoint write, finetune, NAR from
+the AR run, NaN guard and the documented error messages."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from train_fixtures import REPO, make_stage1, read_log, run_training, write_config
+
+from models.tts.valle import trainer
+from models.tts.valle.dataset import DataError
+from models.tts.valle.valle import VALLE
+from utils.checkpoint import (
+    CheckpointError,
+    list_checkpoints,
+    load_training_state,
+    read_meta,
+    save_checkpoint,
+)
+from utils.config import load_config
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory) -> Path:
+    return make_stage1(tmp_path_factory.mktemp("stage1") / "data", n_train=8, n_valid=2)
+
+
+def config(tmp_path: Path, processed: Path, model=None, **train) -> Path:
+    return write_config(tmp_path / "c.json", processed, tmp_path / "exp", model, train)
+
+
+def args(cfg: Path, name: str, *extra: str) -> list[str]:
+    return ["--config", str(cfg), "--exp_name", name, *extra]
+
+
+def last_weights(exp_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(list_checkpoints(exp_dir)[-1] / "model.safetensors"))
+
+
+def check_ok(proc) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_exact_resume_after_sigterm(tmp_path, processed):
+    # train_stage 0 with dropout and prefix_mode 1: dropout, NAR stage and NAR prompt length all
+    # draw random numbers; 8 cuts / batch 3 = 3 batches per epoch, so step 4 is mid-epoch 1.
+    cfg = config(tmp_path, processed, max_steps=8)
+    check_ok(run_training(args(cfg, "full", "--train_stage", "0")))
+    stopped = run_training(args(cfg, "part", "--train_stage", "0"), ["--sigterm_at_step", "4"])
+    check_ok(stopped)
+    assert "Training stopped by SIGTERM at step 4" in stopped.stdout
+    assert "--name part --model_train_stage 0 --resume true" in stopped.stdout
+    part = tmp_path / "exp" / "part"
+    assert read_meta(list_checkpoints(part)[-1])["step"] == 4
+    state = load_training_state(list_checkpoints(part)[-1])
+    assert (state["epoch"], state["batches_done"]) == (1, 1)
+    check_ok(run_training(args(cfg, "part", "--train_stage", "0", "--resume", "true")))
+
+    full_log, part_log = read_log(tmp_path / "exp" / "full"), read_log(part)
+    assert sorted(full_log) == sorted(part_log) == list(range(1, 9))
+    for step in range(5, 9):
+        for key in ("loss", "ar_loss", "nar_loss", "nar_stage", "lr", "grad_norm"):
+            assert full_log[step][key] == part_log[step][key], (step, key)
+    assert len({full_log[s]["nar_stage"] for s in range(1, 9)}) > 1  # the draws do vary
+    a, b = last_weights(tmp_path / "exp" / "full"), last_weights(part)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_kill_during_checkpoint_write_keeps_previous(tmp_path, processed):
+    cfg = config(tmp_path, processed, max_steps=6, save_interval=2)
+    proc = run_training(args(cfg, "k"), ["--hang_in_save_at_step", "4"], wait=False)
+    exp = tmp_path / "exp" / "k"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not list((exp / "checkpoint").glob(".tmp-*/model*")):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    assert list((exp / "checkpoint").glob(".tmp-*"))  # the interrupted write is left behind
+    previous = list_checkpoints(exp)  # step 2 (save_interval) and 3 (end of epoch 0)
+    assert [read_meta(p)["step"] for p in previous] == [2, 3]
+    VALLE.from_config(load_config(cfg).model).load_amphion_state_dict(last_weights(exp))
+    assert load_training_state(previous[-1])["step"] == 3
+
+    check_ok(run_training(args(cfg, "k", "--resume", "true")))
+    assert read_meta(list_checkpoints(exp)[-1])["step"] == 6
+    assert not list((exp / "checkpoint").glob(".tmp-*"))  # cleaned on the next start
+
+
+def test_finetune_loads_only_weights(tmp_path, processed):
+    cfg = config(tmp_path, processed, max_steps=4)
+    check_ok(run_training(args(cfg, "src")))
+    src_ckpt = list_checkpoints(tmp_path / "exp" / "src")[-1]
+    src_weights = load_file(str(src_ckpt / "model.safetensors"))
+
+    # the weights the finetune run starts from are the source's, bit for bit
+    ft_args = trainer.parse_args(
+        args(cfg, "ft", "--resume", "true", "--resume_type", "finetune",
+             "--resume_from_ckpt_path", str(src_ckpt))
+    )  # fmt: skip
+    resume_from, init_from = trainer.pick_checkpoints(ft_args, tmp_path / "exp" / "ft", 1)
+    assert resume_from is None and init_from == src_ckpt
+    model, _ = trainer.build_model(load_config(cfg), 1, init_from)
+    for name, tensor in src_weights.items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+    check_ok(run_training(args(cfg, "ft", "--resume", "true", "--resume_type", "finetune",
+                               "--resume_from_ckpt_path", str(src_ckpt))))  # fmt: skip
+    log = read_log(tmp_path / "exp" / "ft")
+    assert sorted(log) == [1, 2, 3, 4]  # a fresh step count
+    assert log[1]["lr"] == pytest.approx(1e-3 / 3)  # a fresh warmup (step 0 of 2 warmup steps)
+    state = load_training_state(list_checkpoints(tmp_path / "exp" / "ft")[-1])
+    assert {int(s["step"]) for s in state["optimizer"]["state"].values()} == {4}  # fresh AdamW
+    # the source experiment is untouched
+    assert list_checkpoints(tmp_path / "exp" / "src")[-1] == src_ckpt
+
+
+def test_finetune_from_amphion_release_and_changed_config_refused(tmp_path, processed):
+    cfg = config(tmp_path, processed)
+    model_cfg = load_config(cfg).model
+    torch.manual_seed(3)
+    release_model = VALLE.from_config(model_cfg)
+    release = tmp_path / "valle_libritts"
+    ckpt = release / "checkpoint" / "epoch-0001_step-0000100_loss-3.000000"
+    ckpt.mkdir(parents=True)
+    torch.save(release_model.state_dict(), ckpt / "pytorch_model.bin")  # both tied names
+    amphion_model = {k: v for k, v in vars(model_cfg).items() if k not in ("dropout",)}
+    (release / "args.json").write_text(json.dumps({"model": amphion_model}))
+    model, _ = trainer.build_model(load_config(cfg), 1, ckpt)
+    for name, tensor in release_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+
+    wider = config(tmp_path, processed, model={"decoder_dim": 64, "num_decoder_layers": 2})
+    with pytest.raises(trainer.TrainingError) as err:
+        trainer.build_model(load_config(wider), 1, ckpt)
+    assert "model.decoder_dim: 32 (checkpoint) -> 64 (config)" in str(err.value)
+    assert "model.num_decoder_layers: 1 (checkpoint) -> 2 (config)" in str(err.value)
+
+
+def test_nar_stage_starts_from_ar_run_and_keeps_ar_weights(tmp_path, processed):
+    cfg = config(tmp_path, processed, max_steps=3)
+    check_ok(run_training(args(cfg, "ar", "--train_stage", "1")))
+    ar = last_weights(tmp_path / "exp" / "ar")
+    torch.manual_seed(load_config(cfg).train.random_seed)  # the initial weights of both runs
+    init = VALLE.from_config(load_config(cfg).model).state_dict()
+    assert any(not torch.equal(ar[k], init[k]) for k in ar if k.startswith("ar_"))
+    assert all(torch.equal(ar[k], init[k]) for k in ar if k.startswith("nar_"))
+
+    check_ok(run_training(args(cfg, "nar", "--model_train_stage", "2", "--ar_model_ckpt_dir",
+                               str(tmp_path / "exp" / "ar"))))  # fmt: skip
+    nar_exp = tmp_path / "exp" / "nar"
+    nar = last_weights(nar_exp)
+    assert nar.keys() == ar.keys()
+    assert all(torch.equal(nar[k], ar[k]) for k in ar if k.startswith("ar_"))
+    assert any(not torch.equal(nar[k], ar[k]) for k in ar if k.startswith("nar_"))
+    assert read_meta(list_checkpoints(nar_exp)[-1])["train_stage"] == 2
+    assert "nar_loss" in read_log(nar_exp)[1] and "ar_loss" not in read_log(nar_exp)[1]
+    assert list((nar_exp / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((nar_exp / "config.json").read_text())["train"]["train_stage"] == 2
+    assert (nar_exp / "symbols.dict").read_text() == (processed / "symbols.dict").read_text()
+
+    # resuming the NAR run as an AR run is refused
+    with pytest.raises(trainer.TrainingError, match="trained with train_stage 2"):
+        trainer.main(args(cfg, "nar", "--train_stage", "1", "--resume", "true"))
+
+
+def test_nonfinite_loss_skipped_then_stops_naming_cuts(tmp_path, processed, monkeypatch, caplog):
+    forward = VALLE.forward
+    calls = {"n": 0}
+
+    def nan_on_second_batch(self, *a, **k):
+        loss, metrics = forward(self, *a, **k)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 2 else loss), metrics
+
+    monkeypatch.setattr(VALLE, "forward", nan_on_second_batch)
+    cfg = config(tmp_path, processed, max_steps=3, max_nonfinite_steps=2)
+    assert trainer.main(args(cfg, "nan1")) == 0
+    log = [json.loads(x) for x in (tmp_path / "exp/nan1/train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 2, 3]  # step 2 was skipped once, then taken
+    assert log[1]["skipped"] is True and len(log[1]["cut_ids"]) == 3
+    assert "non-finite loss or gradient at step 2" in caplog.text
+
+    monkeypatch.setattr(VALLE, "forward", lambda self, *a, **k: (torch.tensor(float("inf")), {}))
+    with pytest.raises(trainer.TrainingError) as err:
+        trainer.main(args(cfg, "nan2"))
+    assert "2 optimizer steps in a row had a non-finite loss" in str(err.value)
+    assert "train_" in str(err.value)  # names the batch's cut ids
+
+
+def test_error_messages(tmp_path, processed):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cfg = write_config(tmp_path / "missing.json", empty, tmp_path / "exp")
+    # through the real command line: exit status 1 and the message, no traceback
+    proc = subprocess.run(
+        [sys.executable, "bins/tts/train.py", *args(cfg, "m")],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "stage-1 output missing" in proc.stderr and "--stage 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    cfg = config(tmp_path, processed, max_steps=2)
+    assert trainer.main(args(cfg, "e")) == 0
+    with pytest.raises(trainer.TrainingError, match="already holds checkpoints"):
+        trainer.main(args(cfg, "e"))
+    with pytest.raises(CheckpointError, match="no complete checkpoint"):
+        trainer.main(args(cfg, "never", "--resume", "true"))
+    changed = config(tmp_path, processed, model={"nhead": 4, "decoder_dim": 64}, max_steps=4)
+    with pytest.raises(trainer.TrainingError) as err:
+        trainer.main(args(changed, "e", "--resume", "true"))
+    assert "model.decoder_dim: 32 (checkpoint) -> 64 (config)" in str(err.value)
+    assert "model.nhead: 2 (checkpoint) -> 4 (config)" in str(err.value)
+
+    other = make_stage1(tmp_path / "other", codec_name="another_codec")
+    moved = write_config(tmp_path / "other.json", other, tmp_path / "exp", train={"max_steps": 4})
+    with pytest.raises(DataError, match=r"another codec \(codec/codec.json\)"):
+        trainer.main(args(moved, "e", "--resume", "true"))
+
+
+def test_partial_write_never_listed(tmp_path):
+    # the layout the trainer relies on: only complete folders count as checkpoints
+    save_checkpoint(tmp_path, "epoch-0000_step-0000001_loss-1.000000", {"w": torch.ones(1)}, {}, {})
+    (tmp_path / "checkpoint" / ".tmp-epoch-0000_step-0000002_loss-1.000000-0").mkdir()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["epoch-0000_step-0000001_loss-1.000000"]

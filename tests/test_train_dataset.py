@@ -1,0 +1,106 @@
+"""models/tts/valle/dataset.py: batches, seeded / sharded / bucketed sampling, exact skip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from lhotse import CutSet
+from train_fixtures import PHONES, make_stage1, write_config
+
+from models.tts.valle.dataset import (
+    DataError,
+    ResumableBatches,
+    VALLEDataset,
+    check_phones,
+    load_cuts,
+    make_dataloader,
+    make_sampler,
+)
+from utils.config import load_config
+from utils.symbol_table import TextTokenizer
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_dataset")
+    processed = make_stage1(root / "data", n_train=10, n_valid=2, seed=1, frames=(10, 60))
+    cfg = load_config(write_config(root / "c.json", processed, root / "exp"))
+    cuts = load_cuts(cfg, processed, "train").to_eager()
+    return cfg, cuts, TextTokenizer.from_file(processed / "symbols.dict")
+
+
+def ids(batches) -> list[list[str]]:
+    return [[c.id for c in b] for b in batches]
+
+
+def test_batch_contents(data):
+    cfg, cuts, tok = data
+    picked = CutSet.from_cuts([cuts[3], cuts[0]])
+    batch = VALLEDataset(tok)[picked]
+    assert batch["cut_ids"] == [cuts[3].id, cuts[0].id]
+    for i, cut in enumerate(picked):
+        phones = cut.custom["phones"]
+        # <bos>=1, phone k of the sorted table = k + 3 (<eps> sorts before letters: "a" = 4)
+        expected = [1] + [PHONES.index(p) + 4 for p in phones] + [2]
+        n = len(expected)
+        assert batch["x_lens"][i] == n
+        assert batch["x"][i, :n].tolist() == expected and not batch["x"][i, n:].any()
+        codes = torch.as_tensor(cut.load_codes()).long()
+        t = codes.shape[0]
+        assert batch["y_lens"][i] == t and batch["y"].shape[2] == 8
+        assert torch.equal(batch["y"][i, :t], codes) and not batch["y"][i, t:].any()
+
+
+def test_seeded_shuffle_per_epoch_and_sharding(data):
+    cfg, cuts, _ = data
+    a, b = make_sampler(cuts, cfg, shuffle=True), make_sampler(cuts, cfg, shuffle=True)
+    a.set_epoch(1), b.set_epoch(1)
+    epoch1 = ids(a)
+    assert epoch1 == ids(b)
+    a.set_epoch(2)
+    assert ids(a) != epoch1 and sorted(sum(ids(a), [])) == sorted(sum(epoch1, []))
+    shards = []
+    for rank in (0, 1):
+        s = make_sampler(cuts, cfg, shuffle=True, world_size=2, rank=rank)
+        s.set_epoch(0)
+        shards.append(sum(ids(s), []))
+    assert not set(shards[0]) & set(shards[1])
+    assert set(shards[0]) | set(shards[1]) == {c.id for c in cuts}
+
+
+def test_dynamic_batches_respect_max_tokens_and_sentences(data):
+    cfg, cuts, _ = data
+    cfg.train.use_dynamic_batchsize = True
+    cfg.train.max_tokens, cfg.train.max_sentences = 100, 3
+    try:
+        sampler = make_sampler(cuts, cfg, shuffle=True)
+        batches = list(sampler)
+    finally:
+        cfg.train.use_dynamic_batchsize = False
+    assert sorted(c.id for b in batches for c in b) == sorted(c.id for c in cuts)
+    for b in batches:
+        assert len(b) <= 3
+        assert sum(c.codes.shape[0] for c in b) <= 100 + 1  # float duration rounding
+
+
+def test_resumable_batches_skip_exactly(data):
+    cfg, cuts, tok = data
+    loader, batches = make_dataloader(cuts, cfg, tok, shuffle=True)
+    batches.set_position(epoch=3)
+    full = [b["cut_ids"] for b in loader]
+    batches.set_position(epoch=3, batches_done=2)
+    assert [b["cut_ids"] for b in loader] == full[2:]
+    assert batches.state_dict(3, 2)["batches_done"] == 2
+    assert isinstance(batches, ResumableBatches)
+
+
+def test_missing_stage1_and_unknown_phone(data, tmp_path):
+    cfg, cuts, tok = data
+    with pytest.raises(
+        DataError, match=r"stage-1 output missing: .*cuts_train.jsonl.gz.*--stage 1"
+    ):
+        load_cuts(cfg, tmp_path, "train")
+    bad = cuts[0].with_id("bad")
+    bad.custom = {"phones": ["a", "§"]}
+    with pytest.raises(DataError, match=r"cut bad: phones \['§'\]"):
+        check_phones(CutSet.from_cuts([bad]), tok)
