@@ -88,9 +88,14 @@ def _unshadow(recordings: RecordingSet, shadow: Path, root: Path) -> RecordingSe
     return RecordingSet.from_recordings(fix(r) for r in recordings)
 
 
-def _libritts_shadow(root: Path, part: str, shadow: Path, rejected: list[dict]) -> set[str]:
-    """Checked copy of one LibriTTS subset; returns the ids of the readable wavs."""
+def _libritts_shadow(
+    root: Path, part: str, shadow: Path, rejected: list[dict]
+) -> tuple[set[str], dict[str, Path]]:
+    """Checked copy of one LibriTTS subset; returns the ids of the readable wavs and of every
+    wav file, and the transcript file of each transcribed id."""
     good: set[str] = set()
+    wavs: set[str] = set()
+    transcribed: dict[str, Path] = {}
     for dirpath, _, files in os.walk(root / part):
         for name in sorted(files):
             src = Path(dirpath) / name
@@ -98,6 +103,7 @@ def _libritts_shadow(root: Path, part: str, shadow: Path, rejected: list[dict]) 
             if name.startswith("._"):
                 continue
             if name.endswith(".wav"):
+                wavs.add(src.stem)
                 reason = check_audio_header(src)
                 if reason:
                     rejected.append(reject(src.stem, src, reason))
@@ -109,6 +115,7 @@ def _libritts_shadow(root: Path, part: str, shadow: Path, rejected: list[dict]) 
                 for lineno, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1):
                     if line.count("\t") == 2:
                         lines.append(line)
+                        transcribed[line.split("\t")[0]] = src
                     elif line.strip():
                         utt = line.split("\t")[0].split()[0] if line.split() else f"line{lineno}"
                         rejected.append(
@@ -129,7 +136,9 @@ def _libritts_shadow(root: Path, part: str, shadow: Path, rejected: list[dict]) 
                         if len(fields) >= 2:
                             book_lines.append(line)
                 book.write_text("".join(f"{x}\n" for x in book_lines), encoding="utf-8")
-    return good
+    for utt in sorted(set(transcribed) - wavs):
+        rejected.append(reject(utt, transcribed[utt], "missing_audio"))
+    return good, transcribed
 
 
 def read_libritts(root: Path, pcfg, work: Path) -> Corpus:
@@ -149,19 +158,19 @@ def read_libritts(root: Path, pcfg, work: Path) -> Corpus:
         )
     shadow = _fresh_dir(work / ".lhotse_input")
     rejected: list[dict] = []
-    good_ids = {p: _libritts_shadow(root, p, shadow, rejected) for p in parts}
+    checked = {p: _libritts_shadow(root, p, shadow, rejected) for p in parts}
     logging.getLogger("lhotse").setLevel(logging.ERROR)  # it warns per missing recording
     manifests = prepare_libritts(shadow, dataset_parts=parts)
     cuts_by_part = {}
     for part in parts:
         recs = _unshadow(manifests[part]["recordings"], shadow, root)
         sups = manifests[part]["supervisions"]
-        with_text = {s.recording_id for s in sups}
-        for rec in recs:
-            if rec.id not in with_text:
-                rejected.append(reject(rec.id, rec.sources[0].source, "missing_transcript"))
-        for utt in sorted(good_ids[part] - set(recs.ids)):
-            rejected.append(reject(utt, root / part, "unreadable_audio", "lhotse could not read"))
+        good, transcribed = checked[part]
+        # lhotse drops recordings without a transcript line (and unreadable ones) silently
+        for utt in sorted(good - set(recs.ids) | set(recs.ids) - {s.recording_id for s in sups}):
+            path = next((root / part).rglob(f"{utt}.wav"), root / part)
+            reason = "unreadable_audio" if utt in transcribed else "missing_transcript"
+            rejected.append(reject(utt, path, reason))
         cuts_by_part[part] = _cuts(recs, sups)
     shutil.rmtree(shadow, ignore_errors=True)
     splits = {}

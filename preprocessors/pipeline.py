@@ -255,7 +255,7 @@ def run_shards(tasks: list[ShardTask], codec, out: Path, devices: list[str], wor
         return
     hours = sum(t.seconds for t in todo) / 3600
     bar = tqdm(
-        total=round(hours, 4),
+        total=hours * (1 + 1e-9),  # float sums of per-batch seconds may overshoot
         unit="h",
         desc="EnCodec tokens (audio hours)",
         bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}, {rate_fmt}]",

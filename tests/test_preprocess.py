@@ -1,0 +1,258 @@
+"""Recipe stage 1 on espeak-ng corpora (LibriTTS layout + custom list): manifests, phones, codes,
+bad input, idempotence, kill + resume, symbol table reuse."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, write_config
+from lhotse import CutSet
+
+from models.codec.encodec import CodecTokenizer
+from utils.audio import load_audio
+from utils.symbol_table import SymbolTable, TextTokenizer
+
+
+def _cuts(processed: Path) -> dict[str, dict]:
+    """All kept cuts of a processed dir: id -> cut, over datasets and splits."""
+    out = {}
+    for f in sorted(processed.glob("*/cuts_*.jsonl.gz")):
+        for cut in CutSet.from_file(f):
+            out[cut.id] = cut
+    return out
+
+
+def _rejected(processed: Path, dataset: str) -> dict[str, dict]:
+    lines = (processed / dataset / "rejected.jsonl").read_text().splitlines()
+    return {r["id"]: r for r in map(json.loads, lines)}
+
+
+def test_manifests_phones_and_codes_contract(stage1, corpora):
+    processed = stage1["processed"]
+    for name in ("libritts", "custom"):
+        assert (processed / name / "cuts_train.jsonl.gz").is_file()
+    assert (processed / "libritts" / "cuts_valid.jsonl.gz").is_file()  # dev-clean
+    assert (processed / "symbols.dict").read_text().startswith("<eps> 0\n")
+    tokenizer = TextTokenizer.from_file(processed / "symbols.dict")
+    cuts = _cuts(processed)
+    # mini corpus: 2 speakers x 3 + 2 special LibriTTS files + dev 2, custom: 3 good lines
+    assert len(cuts) == 6 + 2 + 2 + 3
+    for cut in cuts.values():
+        phones = cut.custom["phones"]
+        assert phones and all(isinstance(p, str) for p in phones)
+        assert phones[0] not in ("<bos>", "_") and phones[-1] != "<eos>"
+        tokenizer.encode(phones)  # every phone is in the table
+        codes = cut.codes.load()
+        samples = len(load_audio(cut.recording.sources[0].source, 24000))
+        assert codes.shape == (math.ceil(samples / 320), 8), cut.id
+        assert np.issubdtype(codes.dtype, np.integer)
+        assert codes.min() >= 0 and codes.max() < 1024
+        assert len(np.unique(codes[:, 0])) > 1  # a k-means-initialised codec, not all zeros
+        assert cut.codes.frame_shift == pytest.approx(320 / 24000)
+        # lhotse's cut.load_codes() trims to round(duration / frame_shift) frames
+        assert abs(cut.load_codes().shape[0] - codes.shape[0]) <= 1
+    summary = stage1["summaries"]
+    assert summary["libritts"]["splits"]["train"]["speakers"] == 3
+    assert summary["custom"]["splits"]["train"]["utterances"] == 3
+
+
+def test_tokens_equal_direct_encodec_encode_of_each_utterance_alone(stage1):
+    torch.set_num_threads(1)
+    codec = CodecTokenizer.from_processed_dir(stage1["processed"])
+    assert codec.is_random_init
+    assert "MEANINGLESS" in (stage1["processed"] / "codec" / "codec.json").read_text()
+    for cut in _cuts(stage1["processed"]).values():
+        wav = load_audio(cut.recording.sources[0].source, 24000)
+        with torch.no_grad():
+            (frames, _scale), *rest = codec.model.encode(wav[None, None])
+        assert not rest  # the 24 kHz model never splits into segments
+        assert np.array_equal(frames[0].t().numpy(), cut.codes.load()), cut.id
+
+
+def test_stereo_48k_and_8k_inputs_are_converted(stage1, corpora):
+    cuts = _cuts(stage1["processed"])
+    utts = corpora["utts"]
+    clean = load_audio(corpora["clean"], 24000)
+    for cut_id in (utts["stereo48k"], "audio_stereo"):
+        cut = cuts[cut_id]
+        wav = load_audio(cut.recording.sources[0].source, 24000)
+        # L = x, R = x / 2 -> mono mean = 0.75 x, at 24 kHz (the original rate of x)
+        assert abs(len(wav) - len(clean)) <= 1
+        n = min(len(wav), len(clean))
+        err = (wav[:n] - 0.75 * clean[:n]).abs().max().item()
+        assert err < 0.02, err
+        assert cut.codes.load().shape[0] == math.ceil(len(wav) / 320)
+    for cut_id in (utts["rate8k"], "audio_narrow"):
+        cut = cuts[cut_id]
+        assert cut.recording.sampling_rate == 8000
+        wav = load_audio(cut.recording.sources[0].source, 24000)
+        assert len(wav) == 3 * cut.recording.num_samples
+        assert cut.codes.load().shape[0] == math.ceil(len(wav) / 320)
+
+
+def test_bad_inputs_are_rejected_with_reasons_and_the_rest_is_kept(stage1, corpora):
+    utts = corpora["utts"]
+    rejected = _rejected(stage1["processed"], "libritts")
+    expected = {
+        utts["corrupt"]: "unreadable_audio",
+        utts["zero"]: "zero_length_audio",
+        utts["empty_text"]: "empty_transcript",
+        utts["too_long"]: "too_long",
+        utts["no_transcript"]: "missing_transcript",
+    }
+    assert {k: rejected[k]["reason"] for k in expected} == expected
+    assert set(rejected) == set(expected)
+    for r in rejected.values():
+        assert Path(r["path"].split(":")[0]).exists()
+    custom = _rejected(stage1["processed"], "custom")
+    assert [r["reason"] for r in custom.values()] == ["malformed_list_line"]
+    summary = json.loads((stage1["processed"] / "libritts" / "summary.json").read_text())
+    assert summary["rejected"] == {
+        "empty_transcript": 1,
+        "missing_transcript": 1,
+        "too_long": 1,
+        "unreadable_audio": 1,
+        "zero_length_audio": 1,
+    }
+
+
+def test_rerun_is_a_noop(stage1, caplog):
+    from preprocessors.pipeline import run_stage1
+    from utils.config import load_config
+
+    processed = stage1["processed"]
+    files = [p for p in processed.rglob("*") if p.is_file()]
+    before = {p: p.stat().st_mtime_ns for p in files}
+    with caplog.at_level(logging.INFO, logger="preprocess"):
+        run_stage1(load_config(stage1["config"]), ["cpu"], 1)
+    assert "nothing to do" in caplog.text
+    assert {p: p.stat().st_mtime_ns for p in files} == before
+    assert {p for p in processed.rglob("*") if p.is_file()} == set(files)
+
+
+def _same_outputs(a: Path, b: Path) -> None:
+    cuts_a, cuts_b = _cuts(a), _cuts(b)
+    assert sorted(cuts_a) == sorted(cuts_b)
+    for cut_id, cut in cuts_a.items():
+        other = cuts_b[cut_id]
+        assert cut.custom["phones"] == other.custom["phones"]
+        assert np.array_equal(cut.codes.load(), other.codes.load()), cut_id
+    assert (a / "symbols.dict").read_bytes() == (b / "symbols.dict").read_bytes()
+    for name in ("libritts", "custom"):
+        assert _rejected(a, name) == _rejected(b, name)
+
+
+def test_kill_midway_then_rerun_equals_uninterrupted_run(stage1, corpora, tmp_path):
+    processed = tmp_path / "processed"
+    # Same codec as the reference run (its k-means init is checked in test_codec.py).
+    shutil.copytree(stage1["processed"] / "codec", processed / "codec")
+    cfg = write_config(tmp_path / "cfg.json", corpora, processed)
+    cmd = [sys.executable, str(REPO / "bins" / "tts" / "preprocess.py"), "--config", str(cfg)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 240
+    while not list(processed.glob("*/acoustic_tokens/*.done")):
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no shard finished in time"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stderr.close()
+    done_at_kill = len(list(processed.glob("*/acoustic_tokens/*.done")))
+    assert not (processed / "stage1.done.json").exists()
+    assert not list(processed.glob("*/cuts_*.jsonl.gz"))  # nothing final, nothing truncated
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"{done_at_kill} of" in rerun.stderr and "already done" in rerun.stderr
+    assert not list(processed.rglob(".*tmp*"))  # leftovers of the killed run are cleaned up
+    _same_outputs(stage1["processed"], processed)
+
+
+def test_symbol_table_reuse_keeps_ids_and_rejects_unknown_phones(stage1, corpora, tmp_path):
+    from preprocessors.pipeline import run_stage1
+    from utils.config import load_config
+
+    previous = stage1["processed"] / "symbols.dict"
+    old = TextTokenizer.from_file(previous)
+    # A released table: the previous one plus a phone our corpus never uses, minus one it uses.
+    table = SymbolTable.from_file(previous)
+    assert "zzz" not in table
+    cuts = _cuts(stage1["processed"])
+    counts = {}
+    for cut in cuts.values():
+        for p in set(cut.custom["phones"]):
+            counts[p] = counts.get(p, 0) + 1
+    rare = min((p for p in counts if p[0].isalpha()), key=lambda p: (counts[p], p))
+    released = tmp_path / "released_symbols.dict"
+    lines = [ln for ln in previous.read_text().splitlines() if ln.split()[0] != rare]
+    released.write_text("\n".join(lines + [f"zzz {len(table) + 5}"]) + "\n")
+    processed = tmp_path / "processed"
+    shutil.copytree(stage1["processed"], processed, symlinks=True)
+    (processed / "stage1.done.json").unlink()
+    cfg = load_config(
+        write_config(tmp_path / "cfg.json", corpora, processed, existing_symbols_dict=str(released))
+    )
+    run_stage1(cfg, ["cpu"], 1)
+    # used unchanged (regenerating it would drop "zzz" and renumber)
+    assert (processed / "symbols.dict").read_bytes() == released.read_bytes()
+    new = TextTokenizer.from_file(processed / "symbols.dict")
+    # Amphion's ids for the released file: pad/bos/eos, then every symbol (<eps> too) sorted
+    symbols = sorted(line.split()[0] for line in released.read_text().splitlines())
+    assert new.token2idx == {s: i for i, s in enumerate(["<pad>", "<bos>", "<eos>"] + symbols)}
+    assert old.token2idx != new.token2idx  # so the check above is not about the old table
+    kept = _cuts(processed)
+    rejected = {**_rejected(processed, "libritts"), **_rejected(processed, "custom")}
+    with_rare = {c for c, cut in cuts.items() if rare in cut.custom["phones"]}
+    assert with_rare and with_rare.isdisjoint(kept)
+    assert {rejected[c]["reason"] for c in with_rare} == {"unknown_phone"}
+    assert all(rare in rejected[c]["detail"] for c in with_rare)
+    assert set(kept) == set(cuts) - with_rare
+    for cut_id, cut in kept.items():
+        assert cut.custom["phones"] == cuts[cut_id].custom["phones"]
+        assert np.array_equal(cut.codes.load(), cuts[cut_id].codes.load())
+
+
+def test_wrong_path_and_nothing_usable_fail_clearly(corpora, tmp_path):
+    from preprocessors.corpora import CorpusError
+    from preprocessors.pipeline import StageError, run_stage1
+    from utils.config import load_config
+
+    cfg = load_config(write_config(tmp_path / "a.json", corpora, tmp_path / "a"))
+    cfg.dataset_path["libritts"] = str(tmp_path / "nowhere")
+    with pytest.raises(CorpusError, match="nowhere"):
+        run_stage1(cfg, ["cpu"], 1)
+    bad = tmp_path / "bad" / "list.txt"
+    bad.parent.mkdir()
+    bad.write_text("missing.wav|some text|spk\n")
+    cfg = load_config(write_config(tmp_path / "b.json", corpora, tmp_path / "b"))
+    cfg.dataset = ["custom"]
+    cfg.dataset_path = {"custom": str(bad)}
+    with pytest.raises(StageError, match="nothing usable left"):
+        run_stage1(cfg, ["cpu"], 1)
+    line = json.loads((tmp_path / "b" / "custom" / "rejected.jsonl").read_text())
+    assert line["reason"] == "missing_audio" and line["path"].endswith("missing.wav")
+
+
+def test_cli_exits_with_clear_error(tmp_path):
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"dataset": ["custom"], "dataset_path": {"custom": "/nope.txt"}}))
+    out = subprocess.run(
+        [sys.executable, str(REPO / "bins" / "tts" / "preprocess.py"), "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    assert out.returncode == 1
+    assert "ERROR" in out.stderr and "/nope.txt" in out.stderr
