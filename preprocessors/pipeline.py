@@ -173,16 +173,18 @@ def filter_and_phonemize(
 
 
 # ------------------------------------------------------------------ step 3: codec
-def prepare_codec(out: Path, cfg: Config, kept: dict[str, dict[str, list]]) -> CodecTokenizer:
+def prepare_codec(
+    out: Path, cfg: Config, kept: dict[str, dict[str, list]], device: str = "cpu"
+) -> CodecTokenizer:
     """Reuse the saved codec when its settings match, else build (+ k-means init) and save."""
     pcfg = cfg.preprocess
     settings = codec_settings(pcfg)
     meta_path = out / "codec" / "codec.json"
     if meta_path.is_file() and json.loads(meta_path.read_text()).get("settings") == settings:
-        codec = CodecTokenizer.from_processed_dir(out)
+        codec = CodecTokenizer.from_processed_dir(out, device)
         log.info("codec: reusing %s (%s)", meta_path, codec.source.get("source"))
     else:
-        codec = CodecTokenizer.from_config(pcfg)
+        codec = CodecTokenizer.from_config(pcfg, device)
         if codec.is_random_init:
             wavs, seconds = [], 0.0
             train = [
@@ -258,21 +260,26 @@ def run_shards(tasks: list[ShardTask], codec, out: Path, devices: list[str], wor
         total=hours * (1 + 1e-9),  # float sums of per-batch seconds may overshoot
         unit="h",
         desc="EnCodec tokens (audio hours)",
-        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}, {rate_fmt}]",
+        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}, {postfix}]",
     )
     processes = workers * len(devices)
+    start = time.time()
+
+    def advance(seconds: float) -> None:
+        bar.update(seconds / 3600)
+        bar.set_postfix_str(f"{bar.n / max(time.time() - start, 1e-9):.4f} audio-h/s")
+
     if processes == 1:
-        codec.model.to(devices[0])
-        codec.device = __import__("torch").device(devices[0])
+        codec.to(devices[0])
         for task in todo:
-            run_shard(task, codec, progress=lambda s: bar.update(s / 3600))
+            run_shard(task, codec, progress=advance)
     else:
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
         threads = max(1, (os.cpu_count() or 1) // processes)
         with ctx.Pool(processes, worker_init, (str(out), devices, threads, counter)) as pool:
             for record in pool.imap_unordered(worker_run, todo):
-                bar.update(record["seconds"] / 3600)
+                advance(record["seconds"])
     bar.close()
 
 
@@ -400,7 +407,7 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
                 f"rejected, see {out / name / 'rejected.jsonl'})"
             )
 
-    codec = prepare_codec(out, cfg, kept)
+    codec = prepare_codec(out, cfg, kept, devices[0])
     tasks = {
         name: plan_shards(
             name, kept[name], candidates[name], out / name / pcfg.acoustic_token_dir, codec, pcfg

@@ -60,7 +60,7 @@ class PreprocessConfig:
     codec_checkpoint: str = ""  # local EnCodec weights file (no network needed)
     codec_init_seed: int = 0  # seed of the k-means init of a random-init codec
     codec_batch_seconds: float = 60.0  # total audio seconds per codec batch
-    codec_init_seconds: float = 60.0  # corpus audio (s) for the k-means init of a random-init codec
+    codec_init_seconds: float = 20.0  # corpus audio (s) for the k-means init of a random-init codec
     shard_size: int = 500  # utterances per stage-1 work shard (unit of parallelism and resume)
     num_workers: int = 1  # stage-1 worker processes (per device list entry with --gpu)
     min_duration: float = 0.5  # utterances shorter than this (s) are rejected

@@ -117,9 +117,9 @@ def _kmeans(
         idx = torch.randperm(n, generator=gen)[:num_clusters]
     else:
         idx = torch.randint(0, n, (num_clusters,), generator=gen)
-    means = samples[idx].clone()
+    means = samples[idx.to(samples.device)].clone()
     sq = samples.pow(2).sum(1, keepdim=True)  # (n, 1)
-    bins = torch.zeros(num_clusters, dtype=torch.long)
+    bins = torch.zeros(num_clusters, dtype=torch.long, device=samples.device)
     for _ in range(num_iters):
         dists = sq - 2 * samples @ means.t() + means.pow(2).sum(1)[None]  # (n, k)
         buckets = dists.argmin(dim=-1)
@@ -223,6 +223,11 @@ class CodecTokenizer:
             raise CodecError(f"{meta_path}: unknown codec source {kind!r}")
         return cls(model, meta["bandwidth"], meta, device)
 
+    def to(self, device) -> CodecTokenizer:
+        self.device = torch.device(device)
+        self.model.to(self.device)
+        return self
+
     @property
     def is_random_init(self) -> bool:
         return self.source.get("source") == "random_init"
@@ -249,7 +254,7 @@ class CodecTokenizer:
         k-means with `kmeans_iters` iterations on the residual of each quantizer in turn), but
         deterministic and without the EMA update that a training pass would also apply.
         """
-        emb = torch.cat([e.t() for e in self._encode_embeddings(wavs)]).float().cpu()  # (N, D)
+        emb = torch.cat([e.t() for e in self._encode_embeddings(wavs)]).float()  # (N, D)
         gen = torch.Generator().manual_seed(seed)
         residual = emb
         for layer in self.model.quantizer.vq.layers[: self.num_quantizers]:
@@ -259,8 +264,7 @@ class CodecTokenizer:
             book.embed_avg.data.copy_(means.to(book.embed))
             book.cluster_size.data.copy_(bins.to(book.cluster_size))
             book.inited.data.fill_(1.0)
-            residual = residual - book.dequantize(book.quantize(residual.to(book.embed.device)))
-            residual = residual.cpu()
+            residual = residual - book.dequantize(book.quantize(residual))
         digest = hashlib.sha256()
         for layer in self.model.quantizer.vq.layers[: self.num_quantizers]:
             digest.update(layer._codebook.embed.detach().cpu().numpy().tobytes())
