@@ -180,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
         rtf,
         run_dir / "results.jsonl",
     )
+    log.info("time: %s", ", ".join(f"{k} {v:.2f} s" for k, v in synth.timings.items()))
     if codec.is_random_init:
         log.warning(RANDOM_CODEC_WARNING)
     if failures:

@@ -518,20 +518,43 @@ class Synthesizer:
                 f"text_token_num = {source.cfg.model.text_token_num}: wrong symbols.dict for it"
             )
         self.generator = torch.Generator(device=self.device).manual_seed(inf.seed)
+        # seconds spent in: G2P + prompt tokenization, model.generate, codec decoding + writing
+        self.timings = {"prepare": 0.0, "generate": 0.0, "decode": 0.0}
 
     def prepare(self, utts: list[Utterance]) -> tuple[list[Prepared], list[Failure]]:
-        """Phonemize texts and tokenize prompts; an item that fails is reported, not fatal."""
+        """Phonemize texts and tokenize prompts; an item that fails is reported, not fatal.
+
+        On a GPU prompts are tokenized batch_size at a time (the codec's batched codes equal
+        its one-by-one codes, see models/codec/encodec.py); on a CPU one at a time, which
+        measured faster there (bench/inference_batch.py).
+        """
         prepared, failures = [], []
-        for utt in utts:
-            try:
-                ids, enroll_len = self.frontend.encode(utt.text_prompt, utt.text)
-                wav = load_prompt(utt.audio_prompt, self.sample_rate, self.inf.max_prompt_seconds)
-                (codes,) = self.codec.encode([wav.to(self.device)])
-            except InferenceError as e:
-                failures.append(Failure(utt.line, str(e)))
-                continue
-            q = self.source.cfg.model.num_quantizers
-            prepared.append(Prepared(utt, ids, enroll_len, codes[:, :q].long().cpu()))
+        q = self.source.cfg.model.num_quantizers
+        chunk = self.inf.batch_size if self.device.type == "cuda" else 1
+        for i in range(0, len(utts), chunk):
+            loaded = []  # (utt, ids, enroll_len, wav)
+            for utt in utts[i : i + chunk]:
+                try:
+                    ids, enroll_len = self.frontend.encode(utt.text_prompt, utt.text)
+                    wav = load_prompt(
+                        utt.audio_prompt, self.sample_rate, self.inf.max_prompt_seconds
+                    )
+                except InferenceError as e:
+                    failures.append(Failure(utt.line, str(e)))
+                    continue
+                loaded.append((utt, ids, enroll_len, wav))
+            all_codes = self.codec.encode([wav.to(self.device) for *_, wav in loaded])
+            for (utt, ids, enroll_len, _), codes in zip(loaded, all_codes, strict=True):
+                if self.inf.continual and codes.shape[0] < 2:
+                    failures.append(
+                        Failure(
+                            utt.line,
+                            f"audio prompt {utt.audio_prompt} is {codes.shape[0]} codec frame(s): "
+                            "continual mode needs at least 2 (it redoes the prompt's second half)",
+                        )
+                    )
+                    continue
+                prepared.append(Prepared(utt, ids, enroll_len, codes[:, :q].long().cpu()))
         return prepared, failures
 
     def generate(self, batch: list[Prepared]):
@@ -579,17 +602,22 @@ class Synthesizer:
 
         from utils.audio import save_audio
 
+        start = time.perf_counter()
         prepared, failures = self.prepare(utts)
+        self.timings["prepare"] += time.perf_counter() - start
         bar = tqdm(total=len(prepared), desc="synthesis", unit="utt", disable=not progress)
         for batch in batches(prepared, self.inf.batch_size):
             start = time.perf_counter()
             result = self.generate(batch)
+            generated = time.perf_counter()
             wavs = [self._decode(codes) for codes in result.codes]
             outputs = [
                 save_audio(out_dir / f"{p.utt.name}.wav", w, self.sample_rate)
                 for p, w in zip(batch, wavs, strict=True)
             ]
             wall = time.perf_counter() - start
+            self.timings["generate"] += generated - start
+            self.timings["decode"] += wall - (generated - start)
             audio_seconds = sum(w.numel() for w in wavs) / self.sample_rate
             for p, codes, reason, wav, output in zip(
                 batch, result.codes, result.stop_reasons, wavs, outputs, strict=True
