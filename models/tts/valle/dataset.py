@@ -21,6 +21,7 @@ skips that many batches without loading any audio or codes.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,27 +35,47 @@ from lhotse.dataset.sampling.base import CutSampler
 from utils.config import Config
 from utils.symbol_table import TextTokenizer, UnknownPhoneError
 
+logger = logging.getLogger(__name__)
+
 
 class DataError(RuntimeError):
     """Stage-1 output is missing or unusable; the message names the file and what to do."""
 
 
-def stage1_cuts_path(processed_dir: Path, dataset: str, split: str) -> Path:
-    return processed_dir / dataset / f"cuts_{split}.jsonl.gz"
+def stage1_cuts_path(cfg: Config, processed_dir: Path, dataset: str, split: str) -> Path:
+    """`<processed_dir>/<dataset>/cuts_<stem>.jsonl.gz`; the stem of `preprocess.train_file` /
+    `valid_file` names the split (Amphion keys, as stage 1 writes them)."""
+    stem = Path(getattr(cfg.preprocess, f"{split}_file")).stem
+    return processed_dir / dataset / f"cuts_{stem}.jsonl.gz"
 
 
 def load_cuts(cfg: Config, processed_dir: Path, split: str) -> CutSet:
-    """The `split` ("train" / "valid") cuts of every corpus in `cfg.dataset`, in config order."""
-    sets = []
+    """The `split` ("train" / "valid") cuts of every corpus in `cfg.dataset`, in config order.
+
+    Every corpus must have train cuts; a corpus without valid cuts is skipped with a warning
+    (stage 1 writes none when it has no valid subset / valid_fraction), as long as one has some."""
+    sets, missing = [], []
     for dataset in cfg.dataset:
-        path = stage1_cuts_path(processed_dir, dataset, split)
-        if not path.is_file():
+        path = stage1_cuts_path(cfg, processed_dir, dataset, split)
+        if path.is_file():
+            cuts = CutSet.from_file(path)
+            if split == "train" or len(cuts):
+                sets.append(cuts)
+                continue
+        elif split == "train":
             raise DataError(
                 f"stage-1 output missing: {path} does not exist. Run the data stage first: "
                 "sh egs/tts/VALLE/run.sh --stage 1 (same --config), or fix "
                 "preprocess.processed_dir / dataset in the config."
             )
-        sets.append(CutSet.from_file(path))
+        missing.append(str(path))
+    if not sets:
+        raise DataError(
+            f"no {split} cuts: {', '.join(missing)} missing or empty. Give stage 1 a validation "
+            "subset (libritts_valid_subsets) or preprocess.valid_fraction > 0 and rerun it."
+        )
+    if missing:
+        logger.warning("no %s cuts in %s; using the other corpora's", split, ", ".join(missing))
     return sets[0] if len(sets) == 1 else combine(*sets)
 
 

@@ -121,9 +121,16 @@ def free_port() -> int:
 
 
 def num_gpus(gpu_list: str) -> int:
+    """GPUs to train on: the --gpu list, else all visible ones; 0 (CPU) when CUDA is absent."""
+    if not torch.cuda.is_available():
+        if gpu_list.strip():
+            logger.warning(
+                "--gpu %s given but CUDA is not available: training on the CPU", gpu_list
+            )
+        return 0
     if gpu_list.strip():
         return len([g for g in gpu_list.split(",") if g.strip()])
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return torch.cuda.device_count()
 
 
 def launch_command(script: str, argv: list[str], num_processes: int, port: int) -> list[str]:
@@ -141,11 +148,12 @@ def main(argv: list[str] | None = None, script: str | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     launched = "LOCAL_RANK" in os.environ or "ACCELERATE_LAUNCHED" in os.environ
+    if args.gpu.strip() and not launched:
+        # before CUDA is initialised: --gpu 2 trains on GPU 2 (run.sh exports the same)
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
     gpus = num_gpus(args.gpu)
     if gpus > 1 and not launched and script is not None:
         env = dict(os.environ, ACCELERATE_LAUNCHED="1")
-        if args.gpu.strip():
-            env["CUDA_VISIBLE_DEVICES"] = args.gpu
         cmd = launch_command(script, argv, gpus, free_port())
         logger.info("launching %d processes: %s", gpus, " ".join(cmd))
         return subprocess.call(cmd, env=env)

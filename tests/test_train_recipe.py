@@ -1,0 +1,100 @@
+"""Recipe stage 2 end to end on real stage-1 output (espeak-ng corpora, random-init codec):
+`run.sh --stage 2` trains the AR decoder, then the NAR decoders from the AR run; plus the
+launcher's pieces and gradient accumulation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from lhotse import CutSet
+from safetensors.torch import load_file
+from train_fixtures import make_stage1, read_log, write_config
+
+from models.tts.valle import trainer
+from utils.checkpoint import list_checkpoints, read_best, read_meta
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def recipe_config(tmp_path: Path, stage1: dict) -> Path:
+    cfg = {
+        "base_config": str(stage1["config"]),
+        "log_dir": str(tmp_path / "exp"),
+        "model": {"text_token_num": 256, "decoder_dim": 32, "nhead": 2, "num_decoder_layers": 1,
+                  "prefix_mode": 1},
+        "train": {"batch_size": 4, "max_epoch": 2, "base_lr": 1e-3, "warmup_steps": 2,
+                  "total_training_steps": 50, "valid_interval": 3, "save_interval": 3,
+                  "log_interval": 1, "num_workers": 0, "keep_last": 1},
+    }  # fmt: skip
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    return path
+
+
+def run_sh(*options: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", "egs/tts/VALLE/run.sh", "--stage", "2", *options],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(Path.home())},
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_run_sh_stage2_ar_then_nar_on_stage1_output(tmp_path, stage1):
+    cfg = recipe_config(tmp_path, stage1)
+    ar = run_sh("--config", str(cfg), "--name", "ar", "--model_train_stage", "1")
+    assert ar.returncode == 0, ar.stdout[-3000:] + ar.stderr[-3000:]
+    assert "Successfully finished" in ar.stdout + ar.stderr
+    ar_exp = tmp_path / "exp" / "ar"
+    ckpts = list_checkpoints(ar_exp)
+    assert ckpts and read_meta(ckpts[-1])["train_stage"] == 1
+    # keep_last 1 + the best one by validation loss
+    assert len(ckpts) <= 2 and read_best(ar_exp) in ckpts
+    assert read_meta(read_best(ar_exp))["valid_loss"] is not None
+    assert (ar_exp / "symbols.dict").read_bytes() == (
+        stage1["processed"] / "symbols.dict"
+    ).read_bytes()
+    steps = read_log(ar_exp)
+    assert steps and all("ar_top10_acc" in r for r in steps.values())
+
+    nar = run_sh("--config", str(cfg), "--name", "nar", "--model_train_stage", "2",
+                 "--ar_model_ckpt_dir", str(ar_exp))  # fmt: skip
+    assert nar.returncode == 0, nar.stdout[-3000:] + nar.stderr[-3000:]
+    a = load_file(str(ckpts[-1] / "model.safetensors"))
+    b = load_file(str(list_checkpoints(tmp_path / "exp" / "nar")[-1] / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("ar_"))
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("nar_"))
+
+
+def test_launch_command_and_free_port():
+    cmd = trainer.launch_command("bins/tts/train.py", ["--config", "c", "--gpu", "0,1"], 2, 29517)
+    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
+    assert cmd[cmd.index("--num_processes") + 1] == "2"
+    assert cmd[cmd.index("--main_process_port") + 1] == "29517"
+    assert cmd[-5:] == ["bins/tts/train.py", "--config", "c", "--gpu", "0,1"]
+    port = trainer.free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # it really is free
+    if not torch.cuda.is_available():
+        assert trainer.num_gpus("0,1") == 0  # no CUDA: the CPU, not a failing launch
+
+
+def test_gradient_accumulation_steps_and_epoch_tail(tmp_path):
+    torch.set_num_threads(1)
+    processed = make_stage1(tmp_path / "data", n_train=8, n_valid=2)
+    # 8 cuts / batch 3 = 3 batches per epoch; accumulating 2: steps of 2 batches and 1 (the tail)
+    train = {"max_steps": 0, "max_epoch": 2, "gradient_accumulation_step": 2}
+    cfg = write_config(tmp_path / "c.json", processed, tmp_path / "exp", train=train)
+    assert trainer.main(["--config", str(cfg), "--exp_name", "acc"]) == 0
+    log = read_log(tmp_path / "exp" / "acc")
+    assert sorted(log) == [1, 2, 3, 4]
+    cuts = CutSet.from_file(processed / "libritts" / "cuts_train.jsonl.gz")
+    frames = sum(len(c.load_codes()) for c in cuts)
+    assert log[1]["frames"] + log[2]["frames"] == frames == log[3]["frames"] + log[4]["frames"]
+    # 6 cuts of >= 16 frames vs 2 cuts of <= 32 frames
+    assert log[1]["frames"] > log[2]["frames"] and log[3]["frames"] > log[4]["frames"]
