@@ -145,8 +145,9 @@ fi
 [ -f "$work_dir/.venv/bin/activate" ] || die "$work_dir/.venv is missing: run 'make install' once"
 # shellcheck disable=SC1091
 . "$work_dir/env.sh"
-# Stage 3 paths given relative to the caller's directory stay so after the cd below.
-for opt in infer_expt_dir infer_output_dir infer_test_list_file infer_audio_prompt; do
+# Paths given relative to the caller's directory stay so after the cd below.
+for opt in ar_model_ckpt_dir resume_from_ckpt_path infer_expt_dir infer_output_dir \
+    infer_test_list_file infer_audio_prompt; do
   case "${!opt}" in ""|/*) ;; *) printf -v "$opt" '%s' "$PWD/${!opt}" ;; esac
 done
 cd "$work_dir"
