@@ -9,6 +9,8 @@ Run as a script, it trains in this process with test hooks (used through subproc
 real SIGTERM / SIGKILL can hit it):
 
     python tests/train_fixtures.py [--sigterm_at_step K] [--hang_in_save_at_step K] -- TRAIN ARGS
+
+(also under `torch.distributed.run`, which swallows the `--`: the hooks are told apart by name).
 """
 
 from __future__ import annotations
@@ -135,8 +137,8 @@ def _runner(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--sigterm_at_step", type=int, default=0)
     p.add_argument("--hang_in_save_at_step", type=int, default=0)
-    split = argv.index("--")
-    hooks, train_args = p.parse_args(argv[:split]), argv[split + 1 :]
+    hooks, train_args = p.parse_known_args(argv)  # the rest (after an optional --) is training's
+    train_args = [a for a in train_args if a != "--"]
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(1)
 

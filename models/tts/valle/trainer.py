@@ -434,6 +434,7 @@ def train(args: argparse.Namespace) -> int:
     prepare_experiment_dir(run, processed_dir)
     if training_state is not None:
         restore_training_state(run, training_state)
+    if training_state is not None and is_main(run):
         logger.info(
             "resumed %s: epoch %d, step %d (%d batches into the epoch)",
             resume_from, run.epoch, run.step, run.batches_done,
@@ -444,13 +445,13 @@ def train(args: argparse.Namespace) -> int:
         from torch.utils.tensorboard import SummaryWriter
 
         run.writer = SummaryWriter(str(exp_dir / "tensorboard"))
-    logger.info(
-        "training train_stage %d (%s) on %d %s process(es): %d trainable parameters, %d train "
-        "cuts, %d valid cuts, experiment %s",
-        train_stage, {0: "AR + NAR", 1: "AR", 2: "NAR"}[train_stage], world,
-        accelerator.device.type, sum(p.numel() for p in trainable), len(train_cuts),
-        len(valid_cuts), exp_dir,
-    )  # fmt: skip
+        logger.info(
+            "training train_stage %d (%s) on %d %s process(es): %d trainable parameters, "
+            "%d train cuts, %d valid cuts, experiment %s",
+            train_stage, {0: "AR + NAR", 1: "AR", 2: "NAR"}[train_stage], world,
+            accelerator.device.type, sum(p.numel() for p in trainable), len(train_cuts),
+            len(valid_cuts), exp_dir,
+        )  # fmt: skip
     with stop_on_signals(run):
         try:
             return train_loop(run)
