@@ -5,6 +5,7 @@ the AR run, NaN guard and the documented error messages."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -247,3 +248,28 @@ def test_partial_write_never_listed(tmp_path):
     save_checkpoint(tmp_path, "epoch-0000_step-0000001_loss-1.000000", {"w": torch.ones(1)}, {}, {})
     (tmp_path / "checkpoint" / ".tmp-epoch-0000_step-0000002_loss-1.000000-0").mkdir()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["epoch-0000_step-0000001_loss-1.000000"]
+
+
+def run_ddp(train_args: list[str], *hooks: str) -> subprocess.CompletedProcess:
+    """Two CPU processes (gloo) under torch.distributed.run, as accelerate launch would start."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "tests/train_fixtures.py", *hooks, *train_args]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_exact_resume_with_two_processes(tmp_path, processed):
+    # DDP on CPU: per-rank data shards and NAR generators, RNG states gathered from both ranks,
+    # a stop asked of one rank taken by both at the same step
+    cfg = config(tmp_path, processed, max_steps=6)
+    check_ok(run_ddp(args(cfg, "full", "--train_stage", "0")))
+    stopped = run_ddp(args(cfg, "part", "--train_stage", "0"), "--sigterm_at_step", "3")
+    check_ok(stopped)
+    assert "Training stopped by SIGTERM at step 3" in stopped.stdout
+    assert len(load_training_state(list_checkpoints(tmp_path / "exp" / "part")[-1])["rng"]) == 2
+    check_ok(run_ddp(args(cfg, "part", "--train_stage", "0", "--resume", "true")))
+    full, part = read_log(tmp_path / "exp" / "full"), read_log(tmp_path / "exp" / "part")
+    assert [full[s]["loss"] for s in range(4, 7)] == [part[s]["loss"] for s in range(4, 7)]
+    a, b = last_weights(tmp_path / "exp" / "full"), last_weights(tmp_path / "exp" / "part")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
