@@ -30,14 +30,6 @@ from utils.checkpoint import (
 from utils.config import load_config
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory) -> Path:
     return make_stage1(tmp_path_factory.mktemp("stage1") / "data", n_train=8, n_valid=2)

@@ -98,3 +98,23 @@ def test_gradient_accumulation_steps_and_epoch_tail(tmp_path):
     assert log[1]["frames"] + log[2]["frames"] == frames == log[3]["frames"] + log[4]["frames"]
     # 6 cuts of >= 16 frames vs 2 cuts of <= 32 frames
     assert log[1]["frames"] > log[2]["frames"] and log[3]["frames"] > log[4]["frames"]
+
+
+def test_gradient_checkpointing_trains_the_same(tmp_path):
+    # recomputed activations replay the same dropout masks: same losses and gradient norms
+    torch.set_num_threads(1)
+    processed = make_stage1(tmp_path / "data", n_train=6, n_valid=1)
+    logs = []
+    for flag in (False, True):
+        train = {"max_steps": 3, "gradient_checkpointing": flag}
+        cfg = write_config(tmp_path / f"{flag}.json", processed, tmp_path / "exp", train=train)
+        model, _ = trainer.build_model(trainer.load_config(cfg), 0, None)
+        assert model.ar_decoder.gradient_checkpointing is flag
+        assert (
+            trainer.main(["--config", str(cfg), "--exp_name", f"gc{flag}", "--train_stage", "0"])
+            == 0
+        )
+        logs.append(read_log(tmp_path / "exp" / f"gc{flag}"))
+    for step in (1, 2, 3):
+        for key in ("loss", "grad_norm"):
+            assert logs[1][step][key] == pytest.approx(logs[0][step][key], rel=1e-5), (step, key)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -162,28 +163,25 @@ def make_sampler(
 ) -> CutSampler:
     """The lhotse sampler the config asks for (see module docstring)."""
     train = cfg.train
-    if train.use_dynamic_batchsize:
-        hop = cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
-        return DynamicBucketingSampler(
-            cuts,
-            max_duration=train.max_tokens * hop,  # max_tokens counts codec frames, like Amphion
-            max_cuts=train.max_sentences,
-            num_buckets=train.num_buckets,
-            shuffle=shuffle,
-            drop_last=drop_last,
-            seed=train.random_seed,
-            world_size=world_size,
-            rank=rank,
-        )
-    return SimpleCutSampler(
-        cuts,
-        max_cuts=train.batch_size,
+    common = dict(
         shuffle=shuffle,
         drop_last=drop_last,
         seed=train.random_seed,
         world_size=world_size,
         rank=rank,
     )
+    if train.use_dynamic_batchsize:
+        hop = cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
+        with warnings.catch_warnings():  # the cuts are eager on purpose: filtered and reported
+            warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
+            return DynamicBucketingSampler(
+                cuts,
+                max_duration=train.max_tokens * hop,  # max_tokens counts codec frames, like Amphion
+                max_cuts=train.max_sentences,
+                num_buckets=train.num_buckets,
+                **common,
+            )
+    return SimpleCutSampler(cuts, max_cuts=train.batch_size, **common)
 
 
 class ResumableBatches:
