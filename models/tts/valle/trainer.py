@@ -302,6 +302,27 @@ def pick_checkpoints(args: argparse.Namespace, exp_dir: Path, train_stage: int):
     return None, None
 
 
+def check_start(
+    resume_from: Path | None, init_from: Path | None, fingerprint: dict, train_stage: int
+) -> dict | None:
+    """Refuse a start from other stage-1 data or another train_stage; the training state to
+    restore when resuming."""
+    if init_from is not None and (init_from / "meta.json").is_file():
+        recorded = read_meta(init_from).get("data_fingerprint")
+        check_same_data(recorded, fingerprint, init_from, strict=resume_from is not None)
+    if resume_from is None:
+        return None
+    state = load_training_state(resume_from)
+    recorded_stage = read_meta(resume_from).get("train_stage")
+    if recorded_stage != train_stage:
+        raise TrainingError(
+            f"{resume_from} was trained with train_stage {recorded_stage}, this run asks for "
+            f"{train_stage}: resume with --model_train_stage {recorded_stage}, or start a new "
+            "experiment (NAR from an AR run: --ar_model_ckpt_dir)"
+        )
+    return state
+
+
 def lr_lambda(cfg: Config):
     """Linear warmup to base_lr over warmup_steps, then cosine decay to 0 at total steps."""
     warmup, total, kind = (
@@ -376,20 +397,7 @@ def train(args: argparse.Namespace) -> int:
             "raise model.text_token_num"
         )
     resume_from, init_from = pick_checkpoints(args, exp_dir, train_stage)
-    if init_from is not None and (init_from / "meta.json").is_file():
-        strict = resume_from is not None
-        meta = read_meta(init_from)
-        check_same_data(meta.get("data_fingerprint"), fingerprint, init_from, strict=strict)
-    training_state = None
-    if resume_from is not None:
-        training_state = load_training_state(resume_from)
-        recorded_stage = read_meta(resume_from).get("train_stage")
-        if recorded_stage != train_stage:
-            raise TrainingError(
-                f"{resume_from} was trained with train_stage {recorded_stage}, this run asks for "
-                f"{train_stage}: resume with --model_train_stage {recorded_stage}, or start a new "
-                "experiment (NAR from an AR run: --ar_model_ckpt_dir)"
-            )
+    training_state = check_start(resume_from, init_from, fingerprint, train_stage)
 
     # same seed on every rank: identical initial weights before DDP broadcasts them anyway
     seed_everything(cfg.train.random_seed)
