@@ -90,6 +90,9 @@ def test_release_folder_reproduces_amphion_greedy_codes(tmp_path, weights_format
     assert source.cfg.model.decoder_dim == 32 and source.cfg.model.prefix_mode == 1
     # Decoding settings stay the recipe's, not the release's.
     assert source.cfg.inference == recipe_cfg.inference
+    # The release's checkpoint folder itself works too.
+    direct = find_model_source(release / "checkpoint" / CKPT_NAME, "latest", recipe_cfg)
+    assert (direct.kind, direct.root, direct.weights) == ("release", release, source.weights)
 
     model = load_model(source, "cpu")
     inputs = torch.load(FIXTURE / "inputs.pt", weights_only=True)

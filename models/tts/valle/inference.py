@@ -24,13 +24,17 @@ import os
 import re
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import json5
 import soundfile
 import torch
+from tqdm import tqdm
 
+from models.tts.valle.valle import VALLE
+from preprocessors.g2p import phonemize
+from utils.audio import AudioError, load_audio, save_audio
 from utils.checkpoint import (
     CHECKPOINT_RE,
     find_weights_file,
@@ -40,6 +44,7 @@ from utils.checkpoint import (
     read_meta,
 )
 from utils.config import Config, InferenceConfig, ModelConfig, config_from_dict
+from utils.symbol_table import TextTokenizer
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +139,8 @@ def _symbols_of(root: Path) -> Path:
     return path
 
 
-def _release(root: Path, which: str, recipe_cfg: Config) -> ModelSource:
+def _release(root: Path, which: str, recipe_cfg: Config, folder: Path | None = None) -> ModelSource:
+    """A released Amphion folder; `folder` = one of its checkpoint folders (default: newest)."""
     args_path = root / "args.json"
     args = _read_json(args_path)
     if not isinstance(args.get("model"), dict):
@@ -147,7 +153,7 @@ def _release(root: Path, which: str, recipe_cfg: Config) -> ModelSource:
             f"{args_path}: preprocess.phone_extractor is {extractor!r}; only espeak phones are "
             "supported (the release's symbols.dict would not match our G2P)"
         )
-    candidates = [(root / "checkpoint").glob("*"), [root]]
+    candidates = [[folder]] if folder else [(root / "checkpoint").glob("*"), [root]]
     folders = [p for group in candidates for p in group if p.is_dir() and find_weights_file(p)]
     if not folders:
         raise InferenceError(
@@ -161,7 +167,7 @@ def _release(root: Path, which: str, recipe_cfg: Config) -> ModelSource:
         return (int(m.group(2)) if m else -1, p.name)
 
     folders.sort(key=step)
-    if which == "best" and len(folders) > 1:
+    if which == "best" and folder is None and len(folders) > 1:
         log.info("%s: a release has no 'best' marker; using the newest checkpoint", root)
     cfg = dataclasses.replace(recipe_cfg, model=_model_config(args["model"], args_path))
     return ModelSource("release", root, find_weights_file(folders[-1]), _symbols_of(root), cfg)
@@ -178,6 +184,10 @@ def find_model_source(path: str | os.PathLike, which: str, recipe_cfg: Config) -
         raise InferenceError(f"--expt_dir {path}: not a folder")
     if (path / "args.json").is_file():
         return _release(path, which, recipe_cfg)
+    if find_weights_file(path) and not (path / "meta.json").is_file():  # a release's checkpoint
+        for root in (path.parent.parent, path.parent):
+            if (root / "args.json").is_file():
+                return _release(root, which, recipe_cfg, folder=path)
     if (path / "meta.json").is_file():
         exp_dir = path.parent.parent if path.parent.name == "checkpoint" else path.parent
         return _our_checkpoint(path, exp_dir, "checkpoint")
@@ -199,8 +209,6 @@ def find_model_source(path: str | os.PathLike, which: str, recipe_cfg: Config) -
 
 def load_model(source: ModelSource, device: torch.device | str = "cpu"):
     """Build the VALL-E described by `source` and load its weights (never running pickled code)."""
-    from models.tts.valle.valle import VALLE
-
     state = load_tensor_file(source.weights)  # CheckpointError for unsafe / broken files
     model = VALLE.from_config(source.cfg.model)
     try:
@@ -370,8 +378,6 @@ class TextFrontend:
     """
 
     def __init__(self, symbols: Path, language: str, drop_unknown: bool):
-        from utils.symbol_table import TextTokenizer
-
         self.tokenizer = TextTokenizer.from_file(symbols)
         self.symbols = symbols
         self.language = language
@@ -379,8 +385,6 @@ class TextFrontend:
 
     def encode(self, text_prompt: str, text: str) -> tuple[list[int], int]:
         """(ids of prompt + text, number of ids that belong to the prompt)."""
-        from preprocessors.g2p import phonemize
-
         joined = f"{text_prompt} {text}".strip()
         phones, prompt_phones = phonemize([joined, text_prompt], self.language)
         ids = self._ids(phones, joined)
@@ -404,8 +408,6 @@ class TextFrontend:
 
 def load_prompt(path: Path, sample_rate: int, max_seconds: float) -> torch.Tensor:
     """Prompt audio as 1-D float at `sample_rate` (mono), trimmed to max_seconds with a warning."""
-    from utils.audio import AudioError, load_audio
-
     try:
         wav = load_audio(path, sample_rate)
     except AudioError as e:
@@ -443,11 +445,12 @@ class Result:
     output: Path
     frames: int
     seconds: float
-    stop_reason: str  # "eos" or "cap"
+    stop_reason: str  # "eos", "cap" or "continual" (no AR loop)
     wall_time: float  # seconds the item's batch took (generation + decoding + writing)
     rtf: float  # wall_time / seconds of audio produced by that batch
-    batch_size: int
-    extra: dict = field(default_factory=dict)
+    batch_size: int  # items decoded together with this one
+    prompt_frames: int  # codec frames of the (trimmed) audio prompt
+    text_ids: int  # phone ids of prompt text + text, with <bos>/<eos>
 
     def record(self) -> dict:
         return {
@@ -463,7 +466,8 @@ class Result:
             "wall_time": round(self.wall_time, 4),
             "rtf": round(self.rtf, 4),
             "batch_size": self.batch_size,
-            **self.extra,
+            "prompt_frames": self.prompt_frames,
+            "text_ids": self.text_ids,
         }
 
 
@@ -598,10 +602,6 @@ class Synthesizer:
         progress: bool = True,
     ) -> list[Failure]:
         """Synthesise every utterance into out_dir/<name>.wav; returns the failed ones."""
-        from tqdm import tqdm
-
-        from utils.audio import save_audio
-
         start = time.perf_counter()
         prepared, failures = self.prepare(utts)
         self.timings["prepare"] += time.perf_counter() - start
@@ -632,10 +632,8 @@ class Synthesizer:
                         wall_time=wall,
                         rtf=wall / audio_seconds if audio_seconds > 0 else math.inf,
                         batch_size=len(batch),
-                        extra={
-                            "prompt_frames": int(p.prompt_codes.shape[0]),
-                            "text_ids": len(p.text_ids),
-                        },
+                        prompt_frames=int(p.prompt_codes.shape[0]),
+                        text_ids=len(p.text_ids),
                     )
                 )
             bar.update(len(batch))
