@@ -7,14 +7,15 @@ on one device. "AR" = the autoregressive loop (stream 0) alone; "AR+NAR" = the w
 call including the 7 NAR stages. Peak memory: CUDA max_memory_allocated on GPU; on CPU the peak
 resident set size above the level before the case (VmHWM, reset per case via clear_refs).
 
-    python bench/ar_decode.py                      # full run (CPU: ~15-20 minutes)
-    python bench/ar_decode.py --dim 128 --heads 4 --layers 2 --compare-seconds 0.5 \\
+    python -m bench.ar_decode                      # full run (CPU: ~20-60 minutes)
+    python -m bench.ar_decode --dim 128 --heads 4 --layers 2 --compare-seconds 0.5 \\
         --cached-seconds 1 --batch-seconds 0.5     # smoke run (seconds)
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import resource
 import time
@@ -127,7 +128,10 @@ def run_case(
         del model._nar_generate
     generated = sum(len(c) for c in result.codes)
     assert generated == frames * inputs[0].shape[0], "EOS forced off: every item must hit the cap"
-    return dict(total=total, ar=total - nar_seconds[0], frames=generated, peak=mem.peak_bytes)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return dict(
+        total=total, ar=total - nar_seconds[0], frames=generated, peak=mem.peak_bytes, load=load
+    )
 
 
 def combine(runs: list[dict]) -> dict:
@@ -137,6 +141,7 @@ def combine(runs: list[dict]) -> dict:
         ar=sum(r["ar"] for r in runs),
         frames=sum(r["frames"] for r in runs),
         peak=max(r["peak"] for r in runs),
+        load=max(r["load"] for r in runs),
     )
 
 
@@ -144,7 +149,7 @@ def row(name: str, seconds: float, batch: int, r: dict) -> str:
     mib = r["peak"] / 2**20
     return (
         f"| {name} | {seconds:g} s | {batch} | {r['ar']:.2f} | {r['frames'] / r['ar']:.1f} | "
-        f"{r['total']:.2f} | {r['frames'] / r['total']:.1f} | {mib:.0f} MiB |"
+        f"{r['total']:.2f} | {r['frames'] / r['total']:.1f} | {mib:.0f} MiB | {r['load']:.1f} |"
     )
 
 
@@ -185,8 +190,9 @@ def main() -> None:
     run_case(model, one, 3, False, device)
 
     lines = [
-        "| case | output | batch | AR s | AR frames/s | AR+NAR s | AR+NAR frames/s | peak mem |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| case | output | batch | AR s | AR frames/s | AR+NAR s | AR+NAR frames/s | peak mem "
+        "| load |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     ratios = []
     for seconds in compare:
@@ -236,7 +242,8 @@ def main() -> None:
     )
     print(
         "targets: AR cached >= 15x uncached at 5 s; batch 8 >= 3x the throughput of batch 1. "
-        f"Peak mem = {memory_note}."
+        f"Peak mem = {memory_note}. Load = 1-minute load average at the end of the case "
+        f"({os.cpu_count()} CPUs; other jobs on the machine slow every figure)."
     )
 
 
