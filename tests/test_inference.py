@@ -149,10 +149,13 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _run_sh(*args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+def _run_sh(world, out: Path, *args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    """`sh run.sh --stage 3` with the test recipe config, experiment and output folder."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    common = ["--config", str(world["recipe"]), "--infer_expt_dir", str(world["exp"])]
     return subprocess.run(
-        ["sh", str(REPO_ROOT / "egs" / "tts" / "VALLE" / "run.sh"), "--stage", "3", *args],
+        ["sh", str(REPO_ROOT / "egs" / "tts" / "VALLE" / "run.sh"), "--stage", "3", *common]
+        + ["--infer_output_dir", str(out), *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -182,12 +185,8 @@ def _check_result(record: dict, out_dir: Path) -> None:
 def test_run_sh_single(world, tmp_path):
     out = tmp_path / "out"
     proc = _run_sh(
-        "--config",
-        str(world["recipe"]),
-        "--infer_expt_dir",
-        str(world["exp"]),
-        "--infer_output_dir",
-        str(out),
+        world,
+        out,
         "--infer_mode",
         "single",
         "--infer_text",
@@ -227,12 +226,8 @@ def test_run_sh_batch_reports_bad_lines_and_writes_good_ones(world, tmp_path):
     test_list.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
     proc = _run_sh(
-        "--config",
-        str(world["recipe"]),
-        "--infer_expt_dir",
-        str(world["exp"]),
-        "--infer_output_dir",
-        str(out),
+        world,
+        out,
         "--infer_mode",
         "batch",
         "--test_list_file",  # the alias of --infer_test_list_file
@@ -285,20 +280,10 @@ def _main(world, out: Path, *extra: str) -> int:
     )
 
 
-def _single(world, out: Path, *extra: str) -> int:
-    return _main(
-        world,
-        out,
-        "--mode",
-        "single",
-        "--text",
-        TEXTS[2],
-        "--text_prompt",
-        "prompt " + TEXTS[3],
-        "--audio_prompt",
-        str(world["prompts"] / "a.wav"),
-        *extra,
-    )
+def _single(world, out: Path, *extra: str, text: str = TEXTS[2], audio: Path | None = None) -> int:
+    audio = audio or world["prompts"] / "a.wav"
+    args = ["--mode", "single", "--text", text, "--text_prompt", "prompt " + TEXTS[3]]
+    return _main(world, out, *args, "--audio_prompt", str(audio), *extra)
 
 
 def test_outputs_are_never_overwritten_silently(world, tmp_path):
@@ -371,32 +356,10 @@ def test_continual_mode(world, tmp_path):
 
 
 def test_single_mode_errors_name_the_problem(world, tmp_path, capsys):
-    rc = _main(
-        world,
-        tmp_path,
-        "--mode",
-        "single",
-        "--text",
-        "hi",
-        "--text_prompt",
-        "hello",
-        "--audio_prompt",
-        str(tmp_path / "nope.wav"),
-    )
+    rc = _single(world, tmp_path, audio=tmp_path / "nope.wav")
     assert rc == 1
     assert f"audio prompt not found: {tmp_path / 'nope.wav'}" in capsys.readouterr().err
-    rc = _main(
-        world,
-        tmp_path,
-        "--mode",
-        "single",
-        "--text",
-        "Zebra quartz xylophone?",  # phones the tiny table does not know
-        "--text_prompt",
-        "hello",
-        "--audio_prompt",
-        str(world["prompts"] / "a.wav"),
-    )
+    rc = _single(world, tmp_path, text="Zebra quartz xylophone?")  # phones the table lacks
     assert rc == 1
     err = capsys.readouterr().err
     assert "is not in the symbol table" in err and "Zebra quartz xylophone?" in err
