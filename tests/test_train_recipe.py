@@ -118,3 +118,13 @@ def test_gradient_checkpointing_trains_the_same(tmp_path):
     for step in (1, 2, 3):
         for key in ("loss", "grad_norm"):
             assert logs[1][step][key] == pytest.approx(logs[0][step][key], rel=1e-5), (step, key)
+
+
+def test_batches_too_short_for_the_nar_prefix_train(tmp_path):
+    # prefix_mode 1 draws randint(int(0.25 * min(y_lens)), ...): Amphion crashes below 4 frames
+    processed = make_stage1(tmp_path / "data", n_train=4, n_valid=1, frames=(2, 3))
+    train = {"max_steps": 2}
+    cfg = write_config(tmp_path / "c.json", processed, tmp_path / "exp", train=train)
+    assert trainer.main(["--config", str(cfg), "--exp_name", "short", "--train_stage", "2"]) == 0
+    log = read_log(tmp_path / "exp" / "short")
+    assert sorted(log) == [1, 2] and all(r["nar_loss"] > 0 for r in log.values())

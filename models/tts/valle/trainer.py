@@ -645,6 +645,23 @@ def lookahead(iterable):
     yield current, True
 
 
+def optimizer_step(run: Run, grads_finite: bool) -> tuple[bool, torch.Tensor | None]:
+    """unscale -> clip -> step -> scheduler -> zero_grad; skipped when a loss or the gradient
+    norm is not finite. Returns (stepped, grad norm)."""
+    acc, grad_norm = run.accelerator, None
+    if grads_finite:
+        max_norm = run.cfg.train.grad_clip if run.cfg.train.grad_clip > 0 else math.inf
+        grad_norm = acc.clip_grad_norm_(run.trainable, max_norm)  # unscales fp16 grads first
+        # fp16: inf grads are the loss scaler's business (it skips the step and rescales)
+        grads_finite = bool(torch.isfinite(grad_norm)) or acc.mixed_precision == "fp16"
+    if grads_finite:
+        run.optimizer.step()
+        if not acc.optimizer_step_was_skipped:
+            run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return grads_finite, grad_norm
+
+
 def train_one_epoch(run: Run) -> str:
     """Train until the epoch ends ("epoch_end"), max_steps ("max_steps") or a signal ("stopped")."""
     acc, cfg = run.accelerator, run.cfg.train
@@ -667,18 +684,8 @@ def train_one_epoch(run: Run) -> str:
         if not sync:
             continue
 
-        grad_norm, lr = None, run.scheduler.get_last_lr()[0]  # the lr this step uses
-        if group_finite:
-            max_norm = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            grad_norm = acc.clip_grad_norm_(run.trainable, max_norm)  # unscales fp16 first
-            group_finite = bool(torch.isfinite(grad_norm)) or acc.mixed_precision == "fp16"
-        if group_finite:
-            run.optimizer.step()
-            if not acc.optimizer_step_was_skipped:  # fp16 loss scaler found inf grads
-                run.scheduler.step()
-        run.optimizer.zero_grad(set_to_none=True)
-
-        stepped = group_finite
+        lr = run.scheduler.get_last_lr()[0]  # the lr this step uses
+        stepped, grad_norm = optimizer_step(run, group_finite)
         if stepped:
             run.step += 1
             run.nonfinite_in_a_row = 0
