@@ -57,43 +57,44 @@ def str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
+# Command-line options that override the config's inference section, and their types.
+OVERRIDES = {
+    "checkpoint": str,
+    "top_k": int,
+    "top_p": float,
+    "temperature": float,
+    "seed": int,
+    "batch_size": int,
+    "continual": str2bool,
+    "max_seconds": float,
+}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        description="VALL-E zero-shot inference (recipe stage 3)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
+    p = argparse.ArgumentParser(description="VALL-E zero-shot inference (recipe stage 3)")
     p.add_argument("--config", required=True, type=Path, help="recipe config (inference section)")
     p.add_argument("--expt_dir", required=True, type=Path, help="experiment/checkpoint/release")
     p.add_argument("--mode", required=True, choices=["single", "batch"])
     p.add_argument("--output_dir", type=Path, default=None, help="[EXPT_DIR/result]")
-    p.add_argument("--overwrite", type=str2bool, default=False, help="reuse OUT/<mode>")
+    p.add_argument("--overwrite", type=str2bool, default=False, help="reuse OUT/<mode> [false]")
     p.add_argument("--test_list_file", type=Path, default=None, help="batch mode list")
     p.add_argument("--text", default="", help="single mode: text to speak")
     p.add_argument("--text_prompt", default="", help="single mode: transcript of the prompt")
     p.add_argument("--audio_prompt", type=Path, default=None, help="single mode: prompt audio")
     p.add_argument("--device", default=None, help="torch device [cuda if available, else cpu]")
-    p.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar")
+    p.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar [true]")
     # Overrides of the config's inference section (None = keep the config's value).
-    p.add_argument("--checkpoint", choices=["latest", "best"], default=None)
-    p.add_argument("--top_k", type=int, default=None)
-    p.add_argument("--top_p", type=float, default=None)
-    p.add_argument("--temperature", type=float, default=None)
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--batch_size", type=int, default=None)
-    p.add_argument("--continual", type=str2bool, default=None)
-    p.add_argument("--max_seconds", type=float, default=None)
+    for name, kind in OVERRIDES.items():
+        p.add_argument(f"--{name}", type=kind, default=None, help=f"[inference.{name}]")
     args = p.parse_args(argv)
     if args.mode == "batch" and args.test_list_file is None:
         p.error("--mode batch needs --test_list_file")
     return args
 
 
-OVERRIDABLE = ("checkpoint", "top_k", "top_p", "temperature", "seed", "batch_size", "continual")
-
-
 def inference_overrides(args: argparse.Namespace) -> dict:
-    overrides = {k: getattr(args, k) for k in OVERRIDABLE + ("max_seconds",)}
-    return {k: v for k, v in overrides.items() if v is not None}
+    """The `inference` keys given on the command line (checked by load_config like the file's)."""
+    return {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
 
 
 def single_utterance(args: argparse.Namespace, continual: bool) -> Utterance:
