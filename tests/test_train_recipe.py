@@ -125,6 +125,9 @@ def test_batches_too_short_for_the_nar_prefix_train(tmp_path):
     processed = make_stage1(tmp_path / "data", n_train=4, n_valid=1, frames=(2, 3))
     train = {"max_steps": 2}
     cfg = write_config(tmp_path / "c.json", processed, tmp_path / "exp", train=train)
+    settings = json.loads(cfg.read_text())
+    settings["preprocess"]["min_duration"] = 0.0  # 3 frames = 0.04 s
+    cfg.write_text(json.dumps(settings))
     assert trainer.main(["--config", str(cfg), "--exp_name", "short", "--train_stage", "2"]) == 0
     log = read_log(tmp_path / "exp" / "short")
     assert sorted(log) == [1, 2] and all(r["nar_loss"] > 0 for r in log.values())
