@@ -131,3 +131,33 @@ def test_batches_too_short_for_the_nar_prefix_train(tmp_path):
     assert trainer.main(["--config", str(cfg), "--exp_name", "short", "--train_stage", "2"]) == 0
     log = read_log(tmp_path / "exp" / "short")
     assert sorted(log) == [1, 2] and all(r["nar_loss"] > 0 for r in log.values())
+
+
+def test_largest_batch_and_out_of_memory_advice(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from models.tts.valle.dataset import VALLEDataset
+    from utils.symbol_table import TextTokenizer
+
+    processed = make_stage1(tmp_path / "data", n_train=8, n_valid=1, frames=(10, 60))
+    cfg = trainer.load_config(write_config(tmp_path / "c.json", processed, tmp_path / "exp"))
+    cuts = CutSet.from_file(processed / "libritts" / "cuts_train.jsonl.gz")
+    frames = sorted((len(c.load_codes()) for c in cuts), reverse=True)
+    assert [len(c.load_codes()) for c in trainer.largest_batch(cuts, cfg)] == frames[:3]
+    cfg.train.use_dynamic_batchsize, cfg.train.max_tokens = True, frames[0] + frames[1]
+    assert [len(c.load_codes()) for c in trainer.largest_batch(cuts, cfg)] == frames[:2]
+
+    def out_of_memory(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(trainer, "batch_loss", out_of_memory)
+    dataset = VALLEDataset(TextTokenizer.from_file(processed / "symbols.dict"))
+    run = SimpleNamespace(
+        cfg=cfg, accelerator=SimpleNamespace(device=torch.device("cpu")),
+        train_loader=SimpleNamespace(dataset=dataset), model=torch.nn.Linear(1, 1),
+    )  # fmt: skip
+    with pytest.raises(trainer.TrainingError) as err:
+        trainer.check_largest_batch_fits(run, cuts)
+    message = str(err.value)
+    assert f"2 utterances, {frames[0] + frames[1]} frames" in message
+    assert f"lower train.max_tokens (now {frames[0] + frames[1]})" in message

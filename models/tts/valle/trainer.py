@@ -898,41 +898,51 @@ def stop_on_signals(run: Run):
             signal.signal(s, h)
 
 
+def largest_batch(cuts, cfg: Config) -> list:
+    """The cuts of the biggest batch the sampler can form: the longest ones, as many as fit."""
+    train, hop = cfg.train, cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
+    longest = sorted(cuts, key=lambda c: -num_frames(c, hop))
+    if not train.use_dynamic_batchsize:
+        return longest[: train.batch_size]
+    chosen, frames = [], 0
+    for cut in longest:
+        n = num_frames(cut, hop)
+        if len(chosen) >= train.max_sentences or (chosen and frames + n > train.max_tokens):
+            break
+        chosen.append(cut)
+        frames += n
+    return chosen
+
+
 def check_largest_batch_fits(run: Run, cuts) -> None:
     """CUDA: run forward + backward on the largest batch the sampler can form, before the first
     epoch, so an out-of-memory happens now with advice instead of hours into training."""
-    cfg = run.cfg.train
-    hop = run.cfg.preprocess.codec_hop_size / run.cfg.preprocess.sample_rate
-    longest = sorted(cuts, key=lambda c: -num_frames(c, hop))
-    if cfg.use_dynamic_batchsize:
-        chosen, frames = [], 0
-        for cut in longest:
-            n = num_frames(cut, hop)
-            if len(chosen) >= cfg.max_sentences or frames + n > cfg.max_tokens:
-                break
-            chosen.append(cut)
-            frames += n
-    else:
-        chosen = longest[: cfg.batch_size]
     from lhotse import CutSet
 
+    cfg, device = run.cfg.train, run.accelerator.device
+    chosen = largest_batch(cuts, run.cfg)
     batch = run.train_loader.dataset[CutSet.from_cuts(chosen)]
-    device = run.accelerator.device
+    cuda = device.type == "cuda"
     try:
-        with torch.random.fork_rng(devices=[device]):
+        with torch.random.fork_rng(devices=[device] if cuda else []):
             loss, _ = batch_loss(run, batch, torch.Generator().manual_seed(0))
             run.accelerator.backward(loss)
     except torch.cuda.OutOfMemoryError:
+        if cfg.use_dynamic_batchsize:
+            advice = f"lower train.max_tokens (now {cfg.max_tokens}) or train.max_sentences"
+        else:
+            advice = f"lower train.batch_size (now {cfg.batch_size})"
         raise TrainingError(
             f"CUDA out of memory on the largest batch ({len(chosen)} utterances, "
             f"{int(batch['y_lens'].sum())} frames, longest {int(batch['y_lens'].max())}) before "
-            f"training started. Lower train.max_tokens (now {cfg.max_tokens}) / "
-            f"train.max_sentences / train.batch_size, set train.mixed_precision bf16, or "
+            f"training started: {advice}, set train.mixed_precision bf16, or "
             "train.gradient_checkpointing true."
         ) from None
     finally:
         run.model.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
-    peak = torch.cuda.max_memory_allocated(device) / 2**30
-    logger.info("largest batch (%d utterances, %d frames) fits: peak %.2f GiB",
-                len(chosen), int(batch["y_lens"].sum()), peak)  # fmt: skip
+        if cuda:
+            torch.cuda.empty_cache()
+    if cuda:
+        peak = torch.cuda.max_memory_allocated(device) / 2**30
+        logger.info("largest batch (%d utterances, %d frames) fits: peak %.2f GiB",
+                    len(chosen), int(batch["y_lens"].sum()), peak)  # fmt: skip
