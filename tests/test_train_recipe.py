@@ -61,6 +61,15 @@ def test_run_sh_stage2_ar_then_nar_on_stage1_output(tmp_path, stage1):
     ).read_bytes()
     steps = read_log(ar_exp)
     assert steps and all("ar_top10_acc" in r for r in steps.values())
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(ar_exp / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("train/ar_loss", "train/ar_top10_acc", "train/lr", "train/grad_norm",
+                "train/frames_per_s", "valid/loss", "valid/ar_top10_acc"):  # fmt: skip
+        assert tag in tags, tags
+    assert len(events.Scalars("train/ar_loss")) == len(steps)
 
     nar = run_sh("--config", str(cfg), "--name", "nar", "--model_train_stage", "2",
                  "--ar_model_ckpt_dir", str(ar_exp))  # fmt: skip

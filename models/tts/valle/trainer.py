@@ -858,7 +858,10 @@ def train_loop(run: Run) -> int:
             validate(run)
             finished_epoch = run.epoch
             run.epoch, run.batches_done = run.epoch + 1, 0
-            save(run, name_epoch=finished_epoch)
+            # Amphion's save_checkpoint_stride[0]: save every N epochs
+            stride = max(cfg.save_checkpoint_stride[0], 1) if cfg.save_checkpoint_stride else 1
+            if run.epoch % stride == 0:
+                save(run, name_epoch=finished_epoch)
             run.epoch_loss_sum, run.epoch_loss_steps = 0.0, 0
         # "max_steps": the loop condition ends training
     if run.last_valid.get("step") != run.step:
