@@ -219,8 +219,12 @@ def test_error_messages(tmp_path, processed):
 
     cfg = config(tmp_path, processed, max_steps=2)
     assert trainer.main(args(cfg, "e")) == 0
+    log = (tmp_path / "exp" / "e" / "train_log.jsonl").read_text()
+    assert trainer.main(args(cfg, "e")) == 0  # finished: rerunning the stage is a no-op
+    assert (tmp_path / "exp" / "e" / "train_log.jsonl").read_text() == log
+    longer = config(tmp_path, processed, max_steps=4)
     with pytest.raises(trainer.TrainingError, match="already holds checkpoints"):
-        trainer.main(args(cfg, "e"))
+        trainer.main(args(longer, "e"))  # unfinished: never overwritten without --resume
     with pytest.raises(CheckpointError, match="no complete checkpoint"):
         trainer.main(args(cfg, "never", "--resume", "true"))
     changed = config(tmp_path, processed, model={"nhead": 4, "decoder_dim": 64}, max_steps=4)

@@ -302,6 +302,23 @@ def pick_checkpoints(args: argparse.Namespace, exp_dir: Path, train_stage: int):
     return None, None
 
 
+def completed_checkpoint(exp_dir: Path, cfg: Config) -> Path | None:
+    """The newest checkpoint if it ends the training this config asks for (same train_stage and
+    model, max_steps / max_epoch reached), so that rerunning a finished stage is a no-op."""
+    found = list_checkpoints(exp_dir)
+    if not found:
+        return None
+    meta, state = read_meta(found[-1]), load_training_state(found[-1])
+    same = meta.get("train_stage") == cfg.train.train_stage and not config_differences(
+        meta.get("model", {}), config_to_dict(cfg.model)
+    )
+    train = cfg.train
+    reached = (train.max_steps and state["step"] >= train.max_steps) or (
+        train.max_epoch and state["epoch"] >= train.max_epoch
+    )
+    return found[-1] if same and reached else None
+
+
 def check_start(
     resume_from: Path | None, init_from: Path | None, fingerprint: dict, train_stage: int
 ) -> dict | None:
@@ -396,6 +413,14 @@ def train(args: argparse.Namespace) -> int:
             f"vocabulary of {tokenizer.source} ({tokenizer.vocab_size} ids incl. pad/bos/eos): "
             "raise model.text_token_num"
         )
+    if not args.resume and (done := completed_checkpoint(exp_dir, cfg)) is not None:
+        if accelerator.is_main_process:
+            logger.info(
+                "%s already finished training (%s, train_stage %d): nothing to do. Train it "
+                "further with --resume true and a larger train.max_steps / max_epoch, or use "
+                "another --name.", exp_dir, done.name, train_stage,
+            )  # fmt: skip
+        return 0
     resume_from, init_from = pick_checkpoints(args, exp_dir, train_stage)
     training_state = check_start(resume_from, init_from, fingerprint, train_stage)
 
