@@ -902,8 +902,9 @@ def train_loop(run: Run) -> int:
 def how_to_resume(run: Run, path: Path | None) -> str:
     return (
         f"Training stopped by {run.stop_signal} at step {run.step}; checkpoint saved to {path}.\n"
-        f"Resume with: sh egs/tts/VALLE/run.sh --stage 2 --name {run.args.exp_name} "
-        f"--model_train_stage {run.train_stage} --resume true"
+        f"Resume with: sh egs/tts/VALLE/run.sh --config {Path(run.args.config).resolve()} "
+        f"--stage 2 --name {run.args.exp_name} --model_train_stage {run.train_stage} --resume true"
+        + (f" --gpu {run.args.gpu}" if run.args.gpu else "")
     )
 
 
