@@ -207,10 +207,6 @@ def is_main(run: Run) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def stage1_fingerprint(cfg: Config) -> tuple[Path, dict]:
     """Check the stage-1 output exists; return its folder and the hashes of codec + symbols."""
     processed_dir = resolve_path(cfg.preprocess.processed_dir)
@@ -223,10 +219,14 @@ def stage1_fingerprint(cfg: Config) -> tuple[Path, dict]:
                 "(sh egs/tts/VALLE/run.sh --stage 1 with the same --config) or point "
                 "preprocess.processed_dir at its output."
             )
+    try:  # the codec's description, not its formatting
+        codec = json.dumps(json.loads(codec_json.read_text(encoding="utf-8")), sort_keys=True)
+    except ValueError as e:
+        raise DataError(f"{codec_json}: not valid JSON ({e}); rerun stage 1") from None
     fingerprint = {
         "processed_dir": str(processed_dir),
-        "codec": file_sha256(codec_json),
-        "symbols": file_sha256(symbols),
+        "codec": hashlib.sha256(codec.encode()).hexdigest(),
+        "symbols": hashlib.sha256(symbols.read_bytes()).hexdigest(),
     }
     return processed_dir, fingerprint
 
