@@ -24,8 +24,15 @@ short tail (the last `TAIL_CONTEXT_FRAMES` whole frames + the partial one, cut a
 320 samples so every stride keeps its phase; much longer than the conv stack's receptive field).
 Tails of equal length are batched together. The LSTM and final conv then run per utterance (a
 batched LSTM rounds differently, ~3e-8, enough to flip a near-tie code), and the quantizer is per
-frame. `tests/test_codec.py` checks that batched codes equal
-`EncodecModel.encode` of each utterance alone.
+frame. `tests/test_codec.py` checks that batched codes equal `EncodecModel.encode` of each
+utterance alone.
+
+Bitwise equality needs deterministic float kernels: it holds with one CPU thread per process
+(what stage 1 uses on CPU; run more worker processes instead of threads). With several intra-op
+threads (or cuDNN), conv kernels round the last frame of a short tail differently from the full
+utterance (~2e-8); the reference itself is no more stable (encoding the same utterance alone with
+1 vs 2 threads differs by ~7e-8), so a code can change only where two codebook entries are tied
+to within float rounding.
 """
 
 from __future__ import annotations
@@ -340,7 +347,10 @@ class CodecTokenizer:
                 feats[i, :, first : self.num_frames(lengths[i])] = out[j, :, first - start // HOP :]
         # The LSTM runs per utterance: batched, its matmuls round differently (~3e-8), which
         # can flip near-tie codes; it is cheap next to the conv stack.
-        return [head(feats[i : i + 1, :, : self.num_frames(n)])[0] for i, n in enumerate(lengths)]
+        return [
+            head(feats[i : i + 1, :, : self.num_frames(n)].contiguous())[0]
+            for i, n in enumerate(lengths)
+        ]
 
     @torch.no_grad()
     def encode(self, wavs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -1,0 +1,133 @@
+"""Benchmark: stage-1 EnCodec tokenization, batched vs one utterance at a time, side by side.
+
+    .venv/bin/python bench/tokenize.py [--utts 24] [--device cpu] [--threads 2]
+
+* baseline - what Amphion's recipe does (`utils/tokenizer.py: extract_encodec_token`): for every
+  file build a fresh `EncodecModel.encodec_model_24khz()` (weights loaded from disk), read and
+  convert the audio, encode it alone;
+* ours - `preprocessors.tokenize`: one `CodecTokenizer`, utterances sorted by length and batched by
+  total duration (`--batch_seconds`), exact per-utterance codes.
+
+Both run on the same espeak-ng utterances (made with egs/tts/VALLE/local/make_mini_corpus.py in a
+temp dir), the same device and thread count, and both include reading the audio. No weights can
+be downloaded here, so both use the same random-init weights (identical compute to the official
+ones), saved to a temp file that the baseline loads per file like the cached official checkpoint.
+The codes of the two paths are compared (they must be equal).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# This file is named like the stdlib `tokenize` (which torch imports via inspect/linecache):
+# drop its own folder from the import path before anything imports it.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import soundfile as sf  # noqa: E402
+import torch  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "egs" / "tts" / "VALLE" / "local"))
+
+from make_mini_corpus import make_mini_corpus  # noqa: E402
+
+from models.codec.encodec import CodecTokenizer  # noqa: E402
+from preprocessors.tokenize import make_batches  # noqa: E402
+from utils.audio import load_audio  # noqa: E402
+
+
+def baseline(paths: list[Path], weights: Path, device: str) -> list[torch.Tensor]:
+    from encodec import EncodecModel
+    from encodec.utils import convert_audio
+
+    out = []
+    for path in paths:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model = EncodecModel.encodec_model_24khz(pretrained=False)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        model.set_target_bandwidth(6.0)
+        model = model.to(device).eval()
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        wav = convert_audio(torch.from_numpy(data.T.copy()), sr, model.sample_rate, 1)
+        with torch.no_grad():
+            frames = model.encode(wav[None].to(device))
+        out.append(torch.cat([f[0] for f in frames], dim=-1)[0].t().cpu())
+    return out
+
+
+def batched(paths: list[Path], codec: CodecTokenizer, batch_seconds: float) -> list[torch.Tensor]:
+    wavs = [load_audio(p, 24000) for p in paths]
+    out: list[torch.Tensor | None] = [None] * len(wavs)
+    for batch in make_batches([len(w) / 24000 for w in wavs], batch_seconds):
+        for i, codes in zip(batch, codec.encode([wavs[i] for i in batch]), strict=True):
+            out[i] = codes
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--utts", type=int, default=24, help="utterances (espeak-ng)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (stage 1: 1)")
+    parser.add_argument("--batch_seconds", type=float, default=60.0)
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each (best kept)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        speakers = 4
+        root = make_mini_corpus(
+            Path(tmp) / "corpus",
+            num_speakers=speakers,
+            utts_per_speaker=max(1, args.utts // speakers),
+            dev_speakers=0,
+            dev_utts_per_speaker=0,
+        )
+        paths = sorted(root.rglob("*.wav"))
+        seconds = sum(sf.info(p).duration for p in paths)
+        codec = CodecTokenizer.build(pretrained=False, seed=0, device=args.device)
+        codec.kmeans_init_([load_audio(p) for p in paths[:4]], seed=0)
+        weights = Path(tmp) / "encodec_24khz.pt"
+        torch.save({k: v.cpu() for k, v in codec.model.state_dict().items()}, weights)
+
+        batched(paths[:2], codec, args.batch_seconds)  # warm-up (allocator, kernels)
+        times = {"baseline": [], "batched": []}
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            ref = baseline(paths, weights, args.device)
+            times["baseline"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            ours = batched(paths, codec, args.batch_seconds)
+            times["batched"].append(time.perf_counter() - start)
+        equal = sum(int(torch.equal(a, b)) for a, b in zip(ref, ours, strict=True))
+        frames = sum(len(a) for a in ref)
+        same_frames = sum(int((a == b).all(1).sum()) for a, b in zip(ref, ours, strict=True))
+
+    base, fast = min(times["baseline"]), min(times["batched"])
+    print(
+        f"device={args.device} threads={args.threads} utterances={len(paths)} "
+        f"audio={seconds:.1f}s batch_seconds={args.batch_seconds:g} repeats={args.repeats}"
+    )
+    print(f"{'method':<52} {'wall s':>8} {'audio-s / wall-s':>17}")
+    print(
+        f"{'one utterance at a time, fresh model per file':<52} {base:8.2f} {seconds / base:17.1f}"
+    )
+    print(
+        f"{'batched CodecTokenizer (length-sorted, exact)':<52} {fast:8.2f} {seconds / fast:17.1f}"
+    )
+    print(f"speed-up (batched / baseline): {base / fast:.2f}x")
+    print(f"codes identical: {equal}/{len(paths)} utterances, {same_frames}/{frames} frames")
+
+
+if __name__ == "__main__":
+    main()
