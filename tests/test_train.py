@@ -269,3 +269,29 @@ def test_exact_resume_with_two_processes(tmp_path, processed):
     a, b = last_weights(tmp_path / "exp" / "full"), last_weights(tmp_path / "exp" / "part")
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_sigterm_to_the_process_group_with_dataloader_workers(tmp_path, processed):
+    # a batch scheduler's SIGTERM (or a terminal's Ctrl-C) reaches the dataloader workers too:
+    # they must leave it to the trainer instead of dying (torch then aborts the main process)
+    cfg = config(tmp_path, processed, max_steps=100000, num_workers=1)
+    proc = subprocess.Popen(
+        [sys.executable, "bins/tts/train.py", *args(cfg, "int")], cwd=REPO, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    log = tmp_path / "exp" / "int" / "train_log.jsonl"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and (not log.exists() or len(log.read_text().split()) < 3):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out[-3000:]
+    assert "Training stopped by SIGTERM" in out
+    last = max(read_log(tmp_path / "exp" / "int"))
+    assert read_meta(list_checkpoints(tmp_path / "exp" / "int")[-1])["step"] == last

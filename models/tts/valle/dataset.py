@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -222,6 +223,13 @@ class ResumableBatches:
         }
 
 
+def ignore_stop_signals(worker_id: int) -> None:
+    """Dataloader workers leave Ctrl-C / SIGTERM to the trainer, which finishes the step and
+    saves; a worker killed by the signal would break that (torch ends orphaned workers itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def make_dataloader(
     cuts: CutSet,
     cfg: Config,
@@ -244,6 +252,7 @@ def make_dataloader(
         # each new iterator draws a worker base seed: from its own generator, not torch's global
         # RNG, so starting an epoch (or a resumed one) never shifts the dropout random stream
         generator=torch.Generator().manual_seed(0),
+        worker_init_fn=ignore_stop_signals,
     )
     return loader, batches
 
