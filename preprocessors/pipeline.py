@@ -303,10 +303,10 @@ def merge_dataset(name: str, kept, tasks, rejected, out: Path, pcfg) -> dict:
     summary = {"splits": {}, "rejected": {}}
     names = split_names(pcfg)
     for split, cuts in kept.items():
+        cuts[:] = [c for c in cuts if c.id in encoded]  # drop cuts whose audio was rejected
         final = [
             encoded[c.id].with_custom("phones", c.custom["phones"])
             for c in sorted(cuts, key=lambda c: c.id)
-            if c.id in encoded
         ]
         _atomic_cuts(CutSet.from_cuts(final), work / f"cuts_{names[split]}.jsonl.gz")
         summary["splits"][names[split]] = {

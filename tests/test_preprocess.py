@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -256,3 +257,55 @@ def test_cli_exits_with_clear_error(tmp_path):
     )
     assert out.returncode == 1
     assert "ERROR" in out.stderr and "/nope.txt" in out.stderr
+
+
+def test_filter_change_redoes_only_affected_work(stage1, corpora, tmp_path, caplog):
+    from preprocessors.pipeline import run_stage1
+    from utils.config import load_config
+
+    processed = tmp_path / "processed"
+    shutil.copytree(stage1["processed"], processed, symlinks=True)
+    cuts = _cuts(stage1["processed"])
+    longest = max(cuts.values(), key=lambda c: c.duration)
+    shards = len(list((processed / "libritts" / "acoustic_tokens").glob("*.done")))
+    shards += len(list((processed / "custom" / "acoustic_tokens").glob("*.done")))
+    max_duration = (longest.duration + sorted(c.duration for c in cuts.values())[-2]) / 2
+    cfg = write_config(tmp_path / "cfg.json", corpora, processed, max_duration=max_duration)
+    with caplog.at_level(logging.INFO, logger="preprocess"):
+        run_stage1(load_config(cfg), ["cpu"], 1)
+    assert "changed since the last run" in caplog.text
+    done, total = map(int, re.search(r"(\d+) of (\d+) shards already done", caplog.text).groups())
+    assert done >= shards - 1 and total - done <= 1  # only the shard of the longest cut changed
+    kept = _cuts(processed)
+    assert set(kept) == set(cuts) - {longest.id}
+    dataset = "custom" if longest.id.startswith("audio_") else "libritts"
+    assert _rejected(processed, dataset)[longest.id]["reason"] == "too_long"
+    for cut_id, cut in kept.items():
+        assert np.array_equal(cut.codes.load(), cuts[cut_id].codes.load())
+
+
+def test_codec_setting_changes_change_every_shard_fingerprint(stage1, corpora, tmp_path):
+    from preprocessors.pipeline import codec_settings, plan_shards
+    from utils.config import load_config
+
+    cfg = load_config(stage1["config"])
+    codec = CodecTokenizer.from_processed_dir(stage1["processed"])
+    # 3 kept cuts + 1 malformed line = 4 candidates (the shard count depends on the candidates)
+    kept = {"train": list(CutSet.from_file(stage1["processed"] / "custom" / "cuts_train.jsonl.gz"))}
+    names = [t.name for t in plan_shards("custom", kept, 4, tmp_path, codec, cfg.preprocess)]
+    assert names == sorted(
+        p.name[: -len(".done")]
+        for p in (stage1["processed"] / "custom" / "acoustic_tokens").glob("*.done")
+    )
+    other = CodecTokenizer.from_processed_dir(stage1["processed"])
+    other.bandwidth = 3.0
+    changed = [t.name for t in plan_shards("custom", kept, 4, tmp_path, other, cfg.preprocess)]
+    assert not set(names) & set(changed)
+    base = codec_settings(cfg.preprocess)
+    for key, value in (
+        ("codec_bandwidth", 3.0),
+        ("codec_init_seed", 1),
+        ("codec_pretrained", True),
+    ):
+        changed_cfg = load_config(stage1["config"], {"preprocess": {key: value}})
+        assert codec_settings(changed_cfg.preprocess) != base, key
