@@ -1,6 +1,6 @@
 """Training throughput and peak memory of VALL-E at the released size (1024 / 16 heads / 12 layers).
 
-    python bench/train_step.py [--batch 2] [--phones 40] [--frames 225] [--steps 3] [--device auto]
+    python -m bench.train_step [--batch 2] [--phones 40] [--frames 225] [--steps 3] [--device auto]
 
 One fixed batch (B utterances of `--phones` phone ids and `--frames` codec frames; 225 frames = 3 s)
 is trained for `--steps` timed steps after one warm-up step, for the AR stage (train_stage 1) and
