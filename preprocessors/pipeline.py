@@ -37,7 +37,6 @@ import zlib
 from collections import Counter
 from pathlib import Path
 
-import torch
 from lhotse import CutSet
 from tqdm import tqdm
 
@@ -270,21 +269,15 @@ def run_shards(tasks: list[ShardTask], codec, out: Path, devices: list[str], wor
         bar.update(seconds / 3600)
         bar.set_postfix_str(f"{bar.n / max(time.time() - start, 1e-9):.4f} audio-h/s")
 
-    # One intra-op thread per process: bitwise-exact codes (see models/codec/encodec.py); CPU
-    # parallelism comes from num_workers processes.
     if processes == 1:
         codec.to(devices[0])
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            for task in todo:
-                run_shard(task, codec, progress=advance)
-        finally:
-            torch.set_num_threads(threads)
+        for task in todo:
+            run_shard(task, codec, progress=advance)
     else:
         ctx = mp.get_context("spawn")
         counter = ctx.Value("i", 0)
-        with ctx.Pool(processes, worker_init, (str(out), devices, 1, counter)) as pool:
+        threads = max(1, (os.cpu_count() or 1) // processes)
+        with ctx.Pool(processes, worker_init, (str(out), devices, threads, counter)) as pool:
             for record in pool.imap_unordered(worker_run, todo):
                 advance(record["seconds"])
     bar.close()
