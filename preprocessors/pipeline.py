@@ -260,7 +260,7 @@ def run_shards(tasks: list[ShardTask], codec, out: Path, devices: list[str], wor
         total=hours * (1 + 1e-9),  # float sums of per-batch seconds may overshoot
         unit="h",
         desc="EnCodec tokens (audio hours)",
-        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}, {postfix}]",
+        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} h [{elapsed}<{remaining}{postfix}]",
     )
     processes = workers * len(devices)
     start = time.time()

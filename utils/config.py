@@ -61,7 +61,7 @@ class PreprocessConfig:
     codec_init_seed: int = 0  # seed of the k-means init of a random-init codec
     codec_batch_seconds: float = 60.0  # total audio seconds per codec batch
     codec_init_seconds: float = 20.0  # corpus audio (s) for the k-means init of a random-init codec
-    shard_size: int = 500  # utterances per stage-1 work shard (unit of parallelism and resume)
+    shard_size: int = 200  # utterances per stage-1 work shard (unit of parallelism and resume)
     num_workers: int = 1  # stage-1 worker processes (per device list entry with --gpu)
     min_duration: float = 0.5  # utterances shorter than this (s) are rejected
     max_duration: float = 14.0  # utterances longer than this (s) are rejected
@@ -96,6 +96,8 @@ class PreprocessConfig:
         )
         _check(self.num_workers >= 1, "num_workers", "must be >= 1")
         _check(self.codec_batch_seconds > 0, "codec_batch_seconds", "must be positive")
+        _check(self.codec_init_seconds > 0, "codec_init_seconds", "must be positive")
+        _check(self.shard_size >= 1, "shard_size", "must be >= 1")
         for key in ("valid_fraction", "test_fraction"):
             _check(0.0 <= getattr(self, key) < 1.0, key, "must be in [0, 1)")
         _check(
