@@ -385,6 +385,10 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
         log.info("Stage 1 settings or corpus files changed since the last run: updating")
     done_path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    # A pretrained / local codec needs no corpus audio: get it first, so missing weights fail
+    # before minutes of manifest work. A random-init one is k-means-initialised on the corpus.
+    random_init = not pcfg.codec_checkpoint and not pcfg.codec_pretrained
+    codec = None if random_init else prepare_codec(out, cfg, {}, devices[0])
 
     fixed = (
         TextTokenizer.from_file(resolve_path(pcfg.existing_symbols_dict))
@@ -407,7 +411,8 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
                 f"rejected, see {out / name / 'rejected.jsonl'})"
             )
 
-    codec = prepare_codec(out, cfg, kept, devices[0])
+    if codec is None:
+        codec = prepare_codec(out, cfg, kept, devices[0])
     tasks = {
         name: plan_shards(
             name, kept[name], candidates[name], out / name / pcfg.acoustic_token_dir, codec, pcfg

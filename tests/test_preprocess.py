@@ -309,3 +309,62 @@ def test_codec_setting_changes_change_every_shard_fingerprint(stage1, corpora, t
     ):
         changed_cfg = load_config(stage1["config"], {"preprocess": {key: value}})
         assert codec_settings(changed_cfg.preprocess) != base, key
+
+
+def test_ljspeech_reader_and_held_out_split(corpora, tmp_path):
+    import soundfile as sf
+
+    from preprocessors.corpora import read_corpus
+    from utils.config import load_config
+
+    root = tmp_path / "LJSpeech-1.1"
+    (root / "wavs").mkdir(parents=True)
+    clean, sr = sf.read(corpora["clean"], dtype="float32")
+    lines = []
+    for i in range(10):
+        sf.write(root / "wavs" / f"LJ001-{i:04d}.wav", clean, sr)
+        lines.append(f"LJ001-{i:04d}|Text number {i}.|Text number {i}.")
+    (root / "wavs" / "LJ001-0003.wav").write_bytes(b"not audio")
+    lines += ["LJ001-0099|no wav for this one|no wav", "broken line without fields"]
+    (root / "metadata.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = load_config(
+        write_config(tmp_path / "c.json", corpora, tmp_path / "p", valid_fraction=0.2)
+    )
+    corpus = read_corpus("ljspeech", root, cfg.preprocess, tmp_path / "work")
+    reasons = {r["id"]: r["reason"] for r in corpus.rejected}
+    assert reasons == {
+        "LJ001-0003": "unreadable_audio",
+        "LJ001-0099": "missing_audio",
+        "broken line without fields": "malformed_transcript",
+    }
+    train, valid = corpus.splits["train"], corpus.splits["valid"]
+    assert len(train) == 7 and len(valid) == 2 and set(train.ids).isdisjoint(valid.ids)
+    cut = valid[0]
+    assert cut.supervisions[0].speaker == "LJ"
+    assert cut.recording.sources[0].source.startswith(str(root.resolve()))  # not the shadow copy
+    again = read_corpus("ljspeech", root, cfg.preprocess, tmp_path / "work")
+    assert sorted(again.splits["valid"].ids) == sorted(valid.ids)  # seeded, stable
+
+
+def test_pretrained_codec_offline_fails_first_with_what_to_do(corpora, tmp_path, monkeypatch):
+    import urllib.error
+
+    from models.codec.encodec import OFFICIAL_URL, CodecError
+    from preprocessors import pipeline
+    from utils.config import load_config
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    def no_manifests(*args, **kwargs):
+        raise AssertionError("the codec must be checked before reading the corpus")
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    monkeypatch.setattr(pipeline, "read_corpus", no_manifests)
+    cfg = load_config(
+        write_config(tmp_path / "c.json", corpora, tmp_path / "p", codec_pretrained=True)
+    )
+    with pytest.raises(CodecError) as err:
+        pipeline.run_stage1(cfg, ["cpu"], 1)
+    assert OFFICIAL_URL in str(err.value) and "preprocess.codec_checkpoint" in str(err.value)
