@@ -291,12 +291,19 @@ def _held_out(splits: dict[str, CutSet], pcfg) -> dict[str, CutSet]:
     return out
 
 
+def check_corpus_path(name: str, root: Path) -> None:
+    """Fail early (before any heavy work) when a corpus path is wrong."""
+    if name in ("libritts", "ljspeech") and not root.is_dir():
+        raise CorpusError(f"dataset_path.{name} = {root}: no such directory")
+    if name.startswith("custom") and not root.is_file():
+        raise CorpusError(f"dataset_path.{name} = {root}: custom corpus list file not found")
+
+
 def read_corpus(name: str, root: str | os.PathLike, pcfg, work: Path) -> Corpus:
     """Dispatch on the corpus name (`libritts`, `ljspeech`, `custom*`)."""
     root = Path(root)
-    if name == "libritts" or name == "ljspeech":
-        if not root.is_dir():
-            raise CorpusError(f"dataset_path.{name} = {root}: no such directory")
+    check_corpus_path(name, root)
+    if name in ("libritts", "ljspeech"):
         reader = read_libritts if name == "libritts" else read_ljspeech
         return reader(root, pcfg, work)
     if name.startswith("custom"):

@@ -41,7 +41,7 @@ from lhotse import CutSet
 from tqdm import tqdm
 
 from models.codec.encodec import OFFICIAL_NAME, RANDOM_INIT_WARNING, CodecTokenizer
-from preprocessors.corpora import corpus_files, read_corpus, reject
+from preprocessors.corpora import check_corpus_path, corpus_files, read_corpus, reject
 from preprocessors.g2p import g2p_version, has_speech_phones, phonemize
 from preprocessors.tokenize import ShardTask, run_shard, worker_init, worker_run
 from utils.audio import load_audio
@@ -368,6 +368,7 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
         if name not in cfg.dataset_path:
             raise StageError(f"dataset_path has no entry for corpus {name!r} (named in 'dataset')")
         roots[name] = resolve_path(cfg.dataset_path[name])
+        check_corpus_path(name, roots[name])
     settings = stage_settings(cfg, roots)
     fingerprint = _sha([settings, corpus_signature(cfg, roots)])
     done_path = out / DONE_FILE
