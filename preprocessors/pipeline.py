@@ -307,6 +307,10 @@ def merge_dataset(name: str, kept, tasks, rejected, out: Path, pcfg) -> dict:
             "hours": round(sum(c.duration for c in final) / 3600, 4),
             "speakers": len({s.speaker for c in final for s in c.supervisions}),
         }
+    written = {f"cuts_{names[split]}.jsonl.gz" for split in kept}
+    for stale in work.glob("cuts_*.jsonl.gz"):  # a split that no longer exists
+        if stale.name not in written:
+            stale.unlink()
     rejected.sort(key=lambda r: (r["reason"], r["id"]))
     _atomic_text(
         work / "rejected.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected)
