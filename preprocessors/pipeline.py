@@ -40,10 +40,16 @@ from pathlib import Path
 from lhotse import CutSet
 from tqdm import tqdm
 
-from models.codec.encodec import OFFICIAL_NAME, RANDOM_INIT_WARNING, CodecTokenizer
+from models.codec.encodec import OFFICIAL_NAME, RANDOM_INIT_WARNING, CodecTokenizer, file_sha256
 from preprocessors.corpora import check_corpus_path, corpus_files, read_corpus, reject
 from preprocessors.g2p import g2p_version, has_speech_phones, phonemize
-from preprocessors.tokenize import ShardTask, run_shard, worker_init, worker_run
+from preprocessors.tokenize import (
+    ShardTask,
+    run_shard,
+    worker_init,
+    worker_run,
+    write_text_atomic,
+)
 from utils.audio import load_audio
 from utils.config import Config, resolve_path, save_config
 from utils.symbol_table import SymbolTable, TextTokenizer
@@ -59,17 +65,6 @@ class StageError(RuntimeError):
 
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _file_sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _atomic_cuts(cuts: CutSet, path: Path) -> None:
@@ -93,7 +88,7 @@ def codec_settings(pcfg) -> dict:
         path = resolve_path(pcfg.codec_checkpoint)
         if not path.is_file():
             raise StageError(f"preprocess.codec_checkpoint: {path} does not exist")
-        weights = {"checkpoint_sha256": _file_sha(path)}
+        weights = {"checkpoint_sha256": file_sha256(path)}
     elif pcfg.codec_pretrained:
         weights = {"pretrained": OFFICIAL_NAME}
     else:
@@ -119,7 +114,7 @@ def stage_settings(cfg: Config, roots: dict[str, Path]) -> dict:
         "datasets": {name: str(root) for name, root in roots.items()},
         "preprocess": {k: getattr(pcfg, k) for k in keys},
         "g2p": g2p_version(pcfg.phone_language),
-        "existing_symbols_sha256": _file_sha(existing) if existing else "",
+        "existing_symbols_sha256": file_sha256(existing) if existing else "",
         "codec": codec_settings(pcfg),
     }
 
@@ -312,7 +307,7 @@ def merge_dataset(name: str, kept, tasks, rejected, out: Path, pcfg) -> dict:
         if stale.name not in written:
             stale.unlink()
     rejected.sort(key=lambda r: (r["reason"], r["id"]))
-    _atomic_text(
+    write_text_atomic(
         work / "rejected.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected)
     )
     summary["rejected"] = dict(sorted(Counter(r["reason"] for r in rejected).items()))
@@ -321,7 +316,7 @@ def merge_dataset(name: str, kept, tasks, rejected, out: Path, pcfg) -> dict:
     for f in token_dir.iterdir():
         if not any(f.name.startswith(n + ".") for n in current):
             f.unlink() if f.is_file() else shutil.rmtree(f, ignore_errors=True)
-    _atomic_text(work / "summary.json", json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(work / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -330,7 +325,7 @@ def write_symbols(out: Path, kept_all: list, pcfg) -> Path:
     if pcfg.existing_symbols_dict:
         src = resolve_path(pcfg.existing_symbols_dict)
         if not path.is_file() or path.read_bytes() != src.read_bytes():
-            _atomic_text(path, src.read_text(encoding="utf-8"))
+            write_text_atomic(path, src.read_text(encoding="utf-8"))
         return path
     phones = {p for c in kept_all for p in c.custom["phones"]}
     if path.is_file():
@@ -408,7 +403,7 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
         kept[name], rej = filter_and_phonemize(corpus.splits, pcfg, fixed)
         rejected[name] = corpus.rejected + rej
         if not any(kept[name].values()):
-            _atomic_text(
+            write_text_atomic(
                 out / name / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected[name])
             )
             raise StageError(
@@ -437,7 +432,7 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
     write_symbols(out, kept_all, pcfg)
     save_config(cfg, out / "config.json")
     print_summary(summaries)
-    _atomic_text(
+    write_text_atomic(
         done_path,
         json.dumps(
             {"fingerprint": fingerprint, "summaries": summaries, "settings": settings}, indent=2

@@ -75,7 +75,9 @@ def _audio_reason(err: AudioError) -> str:
     return "unreadable_audio"
 
 
-def _atomic_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write under a temporary name, then rename: a kill never leaves a truncated file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
@@ -130,7 +132,7 @@ def run_shard(task: ShardTask, codec: CodecTokenizer, progress=None) -> dict:
     tmp = out_dir / f".{task.name}.tmp-{tag}.jsonl.gz"
     CutSet.from_cuts(out_cuts).to_file(tmp)
     os.replace(tmp, manifest)
-    _atomic_text(
+    write_text_atomic(
         out_dir / f"{task.name}.rejected.jsonl",
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected),
     )
@@ -141,7 +143,7 @@ def run_shard(task: ShardTask, codec: CodecTokenizer, progress=None) -> dict:
         "rejected": len(rejected),
         "seconds": sum(c.duration for c in out_cuts),
     }
-    _atomic_text(task.done_path, json.dumps(record) + "\n")
+    write_text_atomic(task.done_path, json.dumps(record) + "\n")
     return record
 
 

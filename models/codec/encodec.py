@@ -109,7 +109,7 @@ def _local_state(path: str | os.PathLike) -> dict:
         raise CodecError(f"preprocess.codec_checkpoint: {e}") from None
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -179,7 +179,7 @@ class CodecTokenizer:
         if checkpoint:
             path = Path(checkpoint)
             model = _new_model(_local_state(path))
-            source = {"source": "checkpoint", "checkpoint": str(path), "sha256": _sha256(path)}
+            source = {"source": "checkpoint", "checkpoint": str(path), "sha256": file_sha256(path)}
         elif pretrained:
             model = _new_model(_official_state())
             source = {"source": "pretrained", "checkpoint": OFFICIAL_NAME, "url": OFFICIAL_URL}
