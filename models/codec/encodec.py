@@ -264,7 +264,9 @@ class CodecTokenizer:
         k-means with `kmeans_iters` iterations on the residual of each quantizer in turn), but
         deterministic and without the EMA update that a training pass would also apply.
         """
-        emb = torch.cat([e.t() for e in self._encode_embeddings(wavs)]).float()  # (N, D)
+        emb = torch.cat(  # (N frames, D), one utterance at a time: bounded memory
+            [self.model.encoder(w[None, None].to(self.device))[0].t() for w in wavs]
+        ).float()
         gen = torch.Generator().manual_seed(seed)
         residual = emb
         for layer in self.model.quantizer.vq.layers[: self.num_quantizers]:
