@@ -90,10 +90,10 @@ def _unshadow(recordings: RecordingSet, shadow: Path, root: Path) -> RecordingSe
 
 def _libritts_shadow(
     root: Path, part: str, shadow: Path, rejected: list[dict]
-) -> tuple[set[str], dict[str, Path]]:
-    """Checked copy of one LibriTTS subset; returns the ids of the readable wavs and of every
-    wav file, and the transcript file of each transcribed id."""
-    good: set[str] = set()
+) -> tuple[dict[str, Path], dict[str, Path]]:
+    """Checked copy of one LibriTTS subset; returns the readable wavs (id -> path) and the
+    transcript file of each transcribed id."""
+    good: dict[str, Path] = {}
     wavs: set[str] = set()
     transcribed: dict[str, Path] = {}
     for dirpath, _, files in os.walk(root / part):
@@ -109,7 +109,7 @@ def _libritts_shadow(
                     rejected.append(reject(src.stem, src, reason))
                 else:
                     _link(src, dst)
-                    good.add(src.stem)
+                    good[src.stem] = src
             elif name.endswith(".trans.tsv"):
                 lines = []
                 for lineno, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1):
@@ -167,10 +167,9 @@ def read_libritts(root: Path, pcfg, work: Path) -> Corpus:
         sups = manifests[part]["supervisions"]
         good, transcribed = checked[part]
         # lhotse drops recordings without a transcript line (and unreadable ones) silently
-        for utt in sorted(good - set(recs.ids) | set(recs.ids) - {s.recording_id for s in sups}):
-            path = next((root / part).rglob(f"{utt}.wav"), root / part)
+        for utt in sorted(set(good) - {s.recording_id for s in sups}):
             reason = "unreadable_audio" if utt in transcribed else "missing_transcript"
-            rejected.append(reject(utt, path, reason))
+            rejected.append(reject(utt, good[utt], reason))
         cuts_by_part[part] = _cuts(recs, sups)
     shutil.rmtree(shadow, ignore_errors=True)
     splits = {}
