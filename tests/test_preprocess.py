@@ -25,6 +25,9 @@ from models.codec.encodec import CodecTokenizer
 from utils.audio import load_audio
 from utils.symbol_table import SymbolTable, TextTokenizer
 
+# The test corpora use a random-init codec on purpose (test_codec.py checks that it warns).
+pytestmark = pytest.mark.filterwarnings("ignore:RANDOM-INIT CODEC")
+
 
 def _cuts(processed: Path) -> dict[str, dict]:
     """All kept cuts of a processed dir: id -> cut, over datasets and splits."""
