@@ -183,8 +183,8 @@ def main() -> None:
         print(f"{label:<52} {wall:8.2f} {seconds / wall:17.1f} {ratio:6.2f}x")
     for name, (utts, same_frames) in same.items():
         print(
-            f"{name} codes identical to the baseline: {utts}/{len(paths)} utterances, "
-            f"{same_frames}/{frames} frames"
+            f"codes of '{labels[name]}' identical to the baseline: "
+            f"{utts}/{len(paths)} utterances, {same_frames}/{frames} frames"
         )
 
 
