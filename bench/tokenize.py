@@ -9,7 +9,8 @@
   grouped by total duration (`--batch_seconds`); `CodecTokenizer.encode` runs a group as one
   padded batch on CUDA and one utterance at a time on CPU (batching is slower there, and not
   bitwise stable; see models/codec/encodec.py). Once in one process, and once split over
-  `--workers` processes (what stage 1 does with num_workers).
+  `--workers` processes (what stage 1 does with num_workers). A last row forces the padded-batch
+  (CUDA) path on the device, to show what batching does there.
 
 Both run on the same espeak-ng utterances (made with egs/tts/VALLE/local/make_mini_corpus.py in a
 temp dir), the same device and thread count, and both include reading the audio. No weights can
@@ -68,11 +69,13 @@ def baseline(paths: list[Path], weights: Path, device: str) -> list[torch.Tensor
     return out
 
 
-def batched(paths: list[Path], codec: CodecTokenizer, batch_seconds: float) -> list[torch.Tensor]:
+def batched(
+    paths: list[Path], codec: CodecTokenizer, batch_seconds: float, force: bool | None = None
+) -> list[torch.Tensor]:
     wavs = [load_audio(p, 24000) for p in paths]
     out: list[torch.Tensor | None] = [None] * len(wavs)
     for batch in make_batches([len(w) / 24000 for w in wavs], batch_seconds):
-        for i, codes in zip(batch, codec.encode([wavs[i] for i in batch]), strict=True):
+        for i, codes in zip(batch, codec.encode([wavs[i] for i in batch], force), strict=True):
             out[i] = codes
     return out
 
@@ -143,7 +146,7 @@ def main() -> None:
         # file, so the pool is started and warmed up before timing.
         pool = mp.get_context("spawn").Pool(args.workers, _init_worker, (weights, args.device))
         parallel(pool, paths[: args.workers], args.workers, args.batch_seconds)
-        times = {"baseline": [], "batched": [], "parallel": []}
+        times = {"baseline": [], "batched": [], "parallel": [], "padded": []}
         for _ in range(args.repeats):
             start = time.perf_counter()
             ref = baseline(paths, weights, args.device)
@@ -151,6 +154,9 @@ def main() -> None:
             start = time.perf_counter()
             ours = batched(paths, codec, args.batch_seconds)
             times["batched"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            padded = batched(paths, codec, args.batch_seconds, force=True)
+            times["padded"].append(time.perf_counter() - start)
             start = time.perf_counter()
             par = parallel(pool, paths, args.workers, args.batch_seconds)
             times["parallel"].append(time.perf_counter() - start)
@@ -162,7 +168,7 @@ def main() -> None:
                 sum(int(torch.equal(a, b)) for a, b in zip(ref, got, strict=True)),
                 sum(int((a == b).all(1).sum()) for a, b in zip(ref, got, strict=True)),
             )
-            for name, got in (("batched", ours), ("parallel", par))
+            for name, got in (("batched", ours), ("parallel", par), ("padded", padded))
         }
 
     best = {name: min(t) for name, t in times.items()}
@@ -171,6 +177,7 @@ def main() -> None:
         "baseline": "one utterance at a time, fresh model per file",
         "batched": f"stage-1 extractor, one model ({'batched' if cuda else 'one by one'})",
         "parallel": f"stage-1 extractor, {args.workers} worker processes x 1 thread",
+        "padded": "padded batches forced (the CUDA path) on this device",
     }
     print(
         f"device={args.device} threads={args.threads} utterances={len(paths)} "
