@@ -45,7 +45,7 @@ def test_batch_contents(data):
         n = len(expected)
         assert batch["x_lens"][i] == n
         assert batch["x"][i, :n].tolist() == expected and not batch["x"][i, n:].any()
-        codes = torch.as_tensor(cut.load_codes()).long()
+        codes = torch.as_tensor(cut.codes.load()).long()
         t = codes.shape[0]
         assert batch["y_lens"][i] == t and batch["y"].shape[2] == 8
         assert torch.equal(batch["y"][i, :t], codes) and not batch["y"][i, t:].any()

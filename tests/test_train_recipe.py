@@ -103,7 +103,7 @@ def test_gradient_accumulation_steps_and_epoch_tail(tmp_path):
     log = read_log(tmp_path / "exp" / "acc")
     assert sorted(log) == [1, 2, 3, 4]
     cuts = CutSet.from_file(processed / "libritts" / "cuts_train.jsonl.gz")
-    frames = sum(len(c.load_codes()) for c in cuts)
+    frames = sum(len(c.codes.load()) for c in cuts)
     assert log[1]["frames"] + log[2]["frames"] == frames == log[3]["frames"] + log[4]["frames"]
     # 6 cuts of >= 16 frames vs 2 cuts of <= 32 frames
     assert log[1]["frames"] > log[2]["frames"] and log[3]["frames"] > log[4]["frames"]
@@ -151,10 +151,10 @@ def test_largest_batch_and_out_of_memory_advice(tmp_path, monkeypatch):
     processed = make_stage1(tmp_path / "data", n_train=8, n_valid=1, frames=(10, 60))
     cfg = trainer.load_config(write_config(tmp_path / "c.json", processed, tmp_path / "exp"))
     cuts = CutSet.from_file(processed / "libritts" / "cuts_train.jsonl.gz")
-    frames = sorted((len(c.load_codes()) for c in cuts), reverse=True)
-    assert [len(c.load_codes()) for c in trainer.largest_batch(cuts, cfg)] == frames[:3]
+    frames = sorted((len(c.codes.load()) for c in cuts), reverse=True)
+    assert [len(c.codes.load()) for c in trainer.largest_batch(cuts, cfg)] == frames[:3]
     cfg.train.use_dynamic_batchsize, cfg.train.max_tokens = True, frames[0] + frames[1]
-    assert [len(c.load_codes()) for c in trainer.largest_batch(cuts, cfg)] == frames[:2]
+    assert [len(c.codes.load()) for c in trainer.largest_batch(cuts, cfg)] == frames[:2]
 
     def out_of_memory(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")

@@ -135,7 +135,8 @@ class VALLEDataset(torch.utils.data.Dataset):
                 texts.append(torch.tensor(self.tokenizer.encode(cut.custom["phones"])))
             except UnknownPhoneError as e:
                 raise DataError(f"cut {cut.id}: {e}") from None
-            c = torch.as_tensor(cut.load_codes()).long()  # (frames, 8)
+            # all ceil(samples / hop) frames: cut.load_codes() would trim to round(duration / hop)
+            c = torch.as_tensor(cut.codes.load()).long()  # (frames, 8)
             if c.ndim != 2 or c.shape[1] < self.num_quantizers:
                 raise DataError(
                     f"cut {cut.id}: codes of shape {tuple(c.shape)}, expected (frames, >= "
