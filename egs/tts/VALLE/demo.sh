@@ -35,11 +35,11 @@ step "stage 1: manifests, phonemes, codec tokens" $run --stage 1
 step "stage 2: AR decoder" $run --stage 2 --name demo_ar --model_train_stage 1
 step "stage 2: NAR decoders (from the AR run)" $run --stage 2 --name demo_nar \
   --model_train_stage 2 --ar_model_ckpt_dir exp/demo/demo_ar
-prompt=$(ls corpus/mini/LibriTTS/dev-clean/*/*/*.wav | head -n 1)
-prompt_text=$(cat "${prompt%.wav}.normalized.txt")
+# single mode speaks the first test-list line: text|text_prompt|audio_prompt (dev voice)
+IFS='|' read -r text prompt_text prompt < <(grep -v '^#' corpus/mini/test_list.txt | head -n 1)
 step "stage 3: single inference" $run --stage 3 --infer_expt_dir exp/demo/demo_nar \
-  --infer_mode single --infer_text "The demo speaks this sentence in the prompt's voice." \
-  --infer_text_prompt "$prompt_text" --infer_audio_prompt "$prompt" --overwrite true
+  --infer_mode single --infer_text "$text" --infer_text_prompt "$prompt_text" \
+  --infer_audio_prompt "corpus/mini/$prompt" --overwrite true
 step "stage 3: batch inference" $run --stage 3 --infer_expt_dir exp/demo/demo_nar \
   --infer_mode batch --infer_test_list_file corpus/mini/test_list.txt --overwrite true
 

@@ -85,7 +85,7 @@ def _params(args: argparse.Namespace) -> dict:
         "dev_utts_per_speaker": args.dev_utts_per_speaker,
         "seed": args.seed,
         "sample_rate": SAMPLE_RATE,
-        "version": 1,
+        "version": 2,
     }
 
 
@@ -160,6 +160,7 @@ def make_mini_corpus(
     tmp_root = tmp / "LibriTTS"
     speakers_txt = [";ID  |SEX| SUBSET           |MINUTES| NAME"]
     dev_made: list[tuple[str, Path]] = []
+    train_sentences: list[str] = []
     plan = [("train-clean-100", 0, num_speakers, utts_per_speaker)]
     plan.append(("dev-clean", num_speakers, dev_speakers, dev_utts_per_speaker))
     for subset, first_voice, count, utts in plan:
@@ -172,8 +173,10 @@ def make_mini_corpus(
             speakers_txt.append(f"{speaker} | {sex} | {subset} | 1.00 | espeak-ng {voice}")
             if subset == "dev-clean":
                 dev_made.extend(made)
+            else:
+                train_sentences.extend(text for text, _ in made)
     (tmp_root / "SPEAKERS.txt").write_text("\n".join(speakers_txt) + "\n")
-    _write_test_list(tmp, dev_made, rng)
+    _write_test_list(tmp, dev_made, sorted(set(train_sentences)), rng)
     (tmp / "corpus.json").write_text(json.dumps(params, indent=2) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -181,11 +184,16 @@ def make_mini_corpus(
     return root
 
 
-def _write_test_list(out_dir: Path, dev_made: list[tuple[str, Path]], rng: random.Random) -> None:
-    """text|text_prompt|audio_prompt (paths relative to the list), one line per dev prompt."""
+def _write_test_list(
+    out_dir: Path, dev_made: list[tuple[str, Path]], targets: list[str], rng: random.Random
+) -> None:
+    """text|text_prompt|audio_prompt (paths relative to the list), one line per dev prompt.
+
+    Target texts come from the training sentences, so every phone is in the phone table that
+    stage 1 builds from this corpus; the prompts are dev-clean voices (unseen speakers)."""
     lines = ["# text|text_prompt|audio_prompt  (made by make_mini_corpus.py)"]
     for text_prompt, wav in dev_made:
-        target = rng.choice(SENTENCES)
+        target = rng.choice(targets)
         rel = wav.relative_to(out_dir)
         lines.append(f"{target}|{text_prompt}|{rel}")
     (out_dir / "test_list.txt").write_text("\n".join(lines) + "\n")
