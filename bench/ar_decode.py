@@ -165,7 +165,7 @@ def main() -> None:
     parser.add_argument("--prompt-frames", type=int, default=225, help="3 s prompt = 225 frames")
     parser.add_argument("--compare-seconds", default="2,5", help="cached vs uncached lengths")
     parser.add_argument("--cached-seconds", default="10,20", help="cached-only lengths")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=8, help="0 = skip the batch cases")
     parser.add_argument("--batch-seconds", type=float, default=5.0, help="batch comparison length")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = parser.parse_args()
@@ -212,24 +212,25 @@ def main() -> None:
         )
         print(lines[-1], flush=True)
 
-    n = args.batch_size
-    frames = frames_of(args.batch_seconds)
-    batched = run_case(model, make_inputs(n, args, device, seed=1), frames, True, device)
-    lines.append(row(f"batch {n} (cached)", args.batch_seconds, n, batched))
-    print(lines[-1], flush=True)
-    singles = combine(
-        [
-            run_case(model, make_inputs(1, args, device, seed=100 + i), frames, True, device)
-            for i in range(n)
-        ]  # fmt: skip
-    )
-    lines.append(row(f"{n} x batch 1 (cached)", args.batch_seconds, 1, singles))
-    print(lines[-1], flush=True)
-    ratios.append(
-        f"batch {n} vs {n} x batch 1 throughput at {args.batch_seconds:g} s: "
-        f"AR {singles['ar'] / batched['ar']:.1f}x, "
-        f"AR+NAR {singles['total'] / batched['total']:.1f}x"
-    )
+    if args.batch_size > 0:
+        n = args.batch_size
+        frames = frames_of(args.batch_seconds)
+        batched = run_case(model, make_inputs(n, args, device, seed=1), frames, True, device)
+        lines.append(row(f"batch {n} (cached)", args.batch_seconds, n, batched))
+        print(lines[-1], flush=True)
+        singles = combine(
+            [
+                run_case(model, make_inputs(1, args, device, seed=100 + i), frames, True, device)
+                for i in range(n)
+            ]  # fmt: skip
+        )
+        lines.append(row(f"{n} x batch 1 (cached)", args.batch_seconds, 1, singles))
+        print(lines[-1], flush=True)
+        ratios.append(
+            f"batch {n} vs {n} x batch 1 throughput at {args.batch_seconds:g} s: "
+            f"AR {singles['ar'] / batched['ar']:.1f}x, "
+            f"AR+NAR {singles['total'] / batched['total']:.1f}x"
+        )
 
     print("\n" + "\n".join(lines))
     print()
