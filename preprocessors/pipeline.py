@@ -32,7 +32,6 @@ import multiprocessing as mp
 import os
 import shutil
 import time
-import uuid
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -48,10 +47,10 @@ from preprocessors.tokenize import (
     run_shard,
     worker_init,
     worker_run,
-    write_text_atomic,
 )
 from utils.audio import load_audio
 from utils.config import Config, resolve_path, save_config
+from utils.fileio import atomic_path, atomic_write_text
 from utils.symbol_table import SymbolTable, TextTokenizer
 
 log = logging.getLogger("preprocess")
@@ -68,9 +67,8 @@ def _sha(obj) -> str:
 
 
 def _atomic_cuts(cuts: CutSet, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}.jsonl.gz")
-    cuts.to_file(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        cuts.to_file(tmp)
 
 
 def split_names(pcfg) -> dict[str, str]:
@@ -307,7 +305,7 @@ def merge_dataset(name: str, kept, tasks, rejected, out: Path, pcfg) -> dict:
         if stale.name not in written:
             stale.unlink()
     rejected.sort(key=lambda r: (r["reason"], r["id"]))
-    write_text_atomic(
+    atomic_write_text(
         work / "rejected.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected)
     )
     summary["rejected"] = dict(sorted(Counter(r["reason"] for r in rejected).items()))
@@ -316,7 +314,7 @@ def merge_dataset(name: str, kept, tasks, rejected, out: Path, pcfg) -> dict:
     for f in token_dir.iterdir():
         if not any(f.name.startswith(n + ".") for n in current):
             f.unlink() if f.is_file() else shutil.rmtree(f, ignore_errors=True)
-    write_text_atomic(work / "summary.json", json.dumps(summary, indent=2) + "\n")
+    atomic_write_text(work / "summary.json", json.dumps(summary, indent=2) + "\n")
     return summary
 
 
@@ -325,7 +323,7 @@ def write_symbols(out: Path, kept_all: list, pcfg) -> Path:
     if pcfg.existing_symbols_dict:
         src = resolve_path(pcfg.existing_symbols_dict)
         if not path.is_file() or path.read_bytes() != src.read_bytes():
-            write_text_atomic(path, src.read_text(encoding="utf-8"))
+            atomic_write_text(path, src.read_text(encoding="utf-8"))
         return path
     phones = {p for c in kept_all for p in c.custom["phones"]}
     if path.is_file():
@@ -403,7 +401,7 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
         kept[name], rej = filter_and_phonemize(corpus.splits, pcfg, fixed)
         rejected[name] = corpus.rejected + rej
         if not any(kept[name].values()):
-            write_text_atomic(
+            atomic_write_text(
                 out / name / "rejected.jsonl", "".join(json.dumps(r) + "\n" for r in rejected[name])
             )
             raise StageError(
@@ -432,7 +430,7 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
     write_symbols(out, kept_all, pcfg)
     save_config(cfg, out / "config.json")
     print_summary(summaries)
-    write_text_atomic(
+    atomic_write_text(
         done_path,
         json.dumps(
             {"fingerprint": fingerprint, "summaries": summaries, "settings": settings}, indent=2

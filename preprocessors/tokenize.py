@@ -29,6 +29,7 @@ from lhotse.utils import fastcopy
 
 from models.codec.encodec import HOP, SAMPLE_RATE, CodecTokenizer
 from utils.audio import AudioError, load_audio
+from utils.fileio import atomic_path, atomic_write_text
 
 FRAME_SHIFT = HOP / SAMPLE_RATE
 
@@ -73,14 +74,6 @@ def _audio_reason(err: AudioError) -> str:
     if "NaN" in err.reason:
         return "non_finite_audio"
     return "unreadable_audio"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write under a temporary name, then rename: a kill never leaves a truncated file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def run_shard(task: ShardTask, codec: CodecTokenizer, progress=None) -> dict:
@@ -128,11 +121,9 @@ def run_shard(task: ShardTask, codec: CodecTokenizer, progress=None) -> dict:
             arr = encoded[cut.id]
             arr = fastcopy(arr, array=fastcopy(arr.array, storage_path=str(h5_final)))
             out_cuts.append(cut.with_custom("codes", arr))
-    manifest = out_dir / f"{task.name}.jsonl.gz"
-    tmp = out_dir / f".{task.name}.tmp-{tag}.jsonl.gz"
-    CutSet.from_cuts(out_cuts).to_file(tmp)
-    os.replace(tmp, manifest)
-    write_text_atomic(
+    with atomic_path(out_dir / f"{task.name}.jsonl.gz") as tmp:
+        CutSet.from_cuts(out_cuts).to_file(tmp)
+    atomic_write_text(
         out_dir / f"{task.name}.rejected.jsonl",
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected),
     )
@@ -143,7 +134,7 @@ def run_shard(task: ShardTask, codec: CodecTokenizer, progress=None) -> dict:
         "rejected": len(rejected),
         "seconds": sum(c.duration for c in out_cuts),
     }
-    write_text_atomic(task.done_path, json.dumps(record) + "\n")
+    atomic_write_text(task.done_path, json.dumps(record) + "\n")
     return record
 
 

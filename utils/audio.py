@@ -9,13 +9,14 @@ what `convert_audio` does for a mono codec.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+
+from utils.fileio import atomic_path
 
 
 class AudioError(RuntimeError):
@@ -63,13 +64,8 @@ def save_audio(path: str | os.PathLike, wav: torch.Tensor, sample_rate: int) -> 
         wav = wav.t()  # soundfile wants (samples, channels)
     elif wav.dim() != 1:
         raise ValueError(f"save_audio({path}): expected a 1-D or 2-D waveform, got {wav.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    with atomic_path(path) as tmp:
         sf.write(
             str(tmp), wav.clamp(-1.0, 1.0).numpy(), sample_rate, subtype="PCM_16", format="WAV"
         )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import torch
 
+from utils.fileio import atomic_write_text
+
 CHECKPOINT_FORMAT = "codectts-valle-1"
 CHECKPOINT_RE = re.compile(r"^epoch-(\d+)_step-(\d+)_loss-([0-9.]+|nan|inf)$")
 
@@ -102,15 +104,6 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
 
 
 def list_checkpoints(exp_dir: str | os.PathLike) -> list[Path]:

@@ -28,6 +28,8 @@ from typing import Any
 
 import json5
 
+from utils.fileio import atomic_write_text
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -461,10 +463,7 @@ def save_config(cfg: Config, path: str | os.PathLike, extra: dict | None = None)
     data = config_to_dict(cfg)
     if extra:
         data.update(extra)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:

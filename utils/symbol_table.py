@@ -27,8 +27,9 @@ checkpoint was trained with.
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
+
+from utils.fileio import atomic_write_text
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 EPS = "<eps>"
@@ -104,13 +105,8 @@ class SymbolTable:
 
     def to_file(self, path: str | os.PathLike) -> Path:
         """Write `symbol id` lines sorted by id, atomically."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
         lines = "".join(f"{sym} {idx}\n" for idx, sym in sorted(self._id2sym.items()))
-        tmp.write_text(lines, encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_text(path, lines)
 
     @property
     def symbols(self) -> list[str]:

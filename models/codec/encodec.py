@@ -44,11 +44,12 @@ import hashlib
 import json
 import math
 import os
-import uuid
 import warnings
 from pathlib import Path
 
 import torch
+
+from utils.fileio import atomic_path, atomic_write_text
 
 SAMPLE_RATE = 24000
 HOP = 320
@@ -304,13 +305,10 @@ class CodecTokenizer:
             if not self.is_initialized:
                 raise CodecError("random-init codec saved before kmeans_init_: its codes are all 0")
             state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
-            tmp = codec_dir / f".{RANDOM_WEIGHTS}.tmp-{uuid.uuid4().hex[:8]}"
-            save_file(state, str(tmp))
-            os.replace(tmp, codec_dir / RANDOM_WEIGHTS)
+            with atomic_path(codec_dir / RANDOM_WEIGHTS) as tmp:
+                save_file(state, str(tmp))
             meta["weights"] = RANDOM_WEIGHTS
-        tmp = codec_dir / f".{CODEC_JSON}.tmp-{uuid.uuid4().hex[:8]}"
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, codec_dir / CODEC_JSON)
+        atomic_write_text(codec_dir / CODEC_JSON, json.dumps(meta, indent=2) + "\n")
         return codec_dir
 
     # ---------------------------------------------------------------- encode / decode
