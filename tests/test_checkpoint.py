@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from utils.checkpoint import (
     CheckpointError,
     atomic_directory,
     checkpoint_name,
+    checkpoint_order,
     config_differences,
     list_checkpoints,
     load_tensor_file,
@@ -109,6 +111,12 @@ def test_training_state_is_weights_only_and_pickles_refused(tmp_path):
     save_checkpoint(tmp_path, "x", {"w": torch.ones(1)}, {}, None).rename(weights_only)
     with pytest.raises(CheckpointError, match="finetune"):
         load_training_state(weights_only)
+
+
+def test_checkpoint_order_is_by_step_in_the_name():
+    names = ["epoch-0002_step-0000900_loss-1.0", "final", "epoch-0010_step-0000100_loss-2.5"]
+    ordered = sorted((Path(n) for n in names), key=checkpoint_order)
+    assert [p.name for p in ordered] == [names[1], names[2], names[0]]
 
 
 def test_resolve_amphion_release_and_its_model_config(tmp_path):

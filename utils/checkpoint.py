@@ -207,6 +207,13 @@ def prune_checkpoints(exp_dir: str | os.PathLike, keep_last: int) -> list[Path]:
     return doomed
 
 
+def checkpoint_order(folder: Path) -> tuple[int, str]:
+    """Sort key of checkpoint folders: the step of an `epoch-..._step-..._loss-...` name (ours and
+    Amphion's releases), then the name. Not mtime: downloads and copies do not keep it."""
+    m = CHECKPOINT_RE.match(folder.name)
+    return (int(m.group(2)) if m else -1, folder.name)
+
+
 def find_weights_file(ckpt_dir: str | os.PathLike) -> Path | None:
     for name in WEIGHT_FILES:
         if (Path(ckpt_dir) / name).is_file():
@@ -229,7 +236,7 @@ def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
     # released folders may use other names: the newest sub-folder holding a weights file
     others = [c for c in root.iterdir() if c.is_dir() and find_weights_file(c) is not None]
     if others:
-        return max(others, key=lambda c: c.stat().st_mtime)
+        return max(others, key=checkpoint_order)
     raise CheckpointError(
         f"no checkpoint in {path}: expected {' or '.join(WEIGHT_FILES)} in it, or checkpoint "
         "folders (epoch-XXXX_step-XXXXXXX_loss-X.XXXXXX) under it or under its checkpoint/"

@@ -36,7 +36,7 @@ from models.tts.valle.valle import VALLE
 from preprocessors.g2p import phonemize
 from utils.audio import AudioError, load_audio, save_audio
 from utils.checkpoint import (
-    CHECKPOINT_RE,
+    checkpoint_order,
     find_weights_file,
     list_checkpoints,
     load_tensor_file,
@@ -160,13 +160,7 @@ def _release(root: Path, which: str, recipe_cfg: Config, folder: Path | None = N
             f"{root}: no checkpoint/<name>/pytorch_model.bin or model.safetensors "
             "(see bins/tts/download.py for the release layout)"
         )
-
-    # Newest by step when the names follow Amphion's epoch-..._step-..._loss-... pattern.
-    def step(p: Path) -> tuple[int, str]:
-        m = CHECKPOINT_RE.match(p.name)
-        return (int(m.group(2)) if m else -1, p.name)
-
-    folders.sort(key=step)
+    folders.sort(key=checkpoint_order)  # newest (by step in the name) last
     if which == "best" and folder is None and len(folders) > 1:
         log.info("%s: a release has no 'best' marker; using the newest checkpoint", root)
     cfg = dataclasses.replace(recipe_cfg, model=_model_config(args["model"], args_path))
