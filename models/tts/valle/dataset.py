@@ -34,6 +34,7 @@ from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from lhotse.dataset.sampling.base import CutSampler
 
+from models.tts.valle.valle import pad_1d
 from utils.config import Config
 from utils.symbol_table import TextTokenizer, UnknownPhoneError
 
@@ -146,11 +147,8 @@ class VALLEDataset(torch.utils.data.Dataset):
             ids.append(cut.id)
         x_lens = torch.tensor([len(t) for t in texts], dtype=torch.long)
         y_lens = torch.tensor([len(c) for c in codes], dtype=torch.long)
-        x = torch.full((len(texts), int(x_lens.max())), self.tokenizer.pad_id, dtype=torch.long)
-        y = torch.zeros((len(codes), int(y_lens.max()), self.num_quantizers), dtype=torch.long)
-        for i, (t, c) in enumerate(zip(texts, codes, strict=True)):
-            x[i, : len(t)] = t
-            y[i, : len(c)] = c
+        x = pad_1d(texts, self.tokenizer.pad_id)  # (B, S)
+        y = pad_1d(codes, 0)  # (B, T, Q)
         return {"x": x, "x_lens": x_lens, "y": y, "y_lens": y_lens, "cut_ids": ids}
 
 
