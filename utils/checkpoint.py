@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from utils.config import read_json5
 from utils.fileio import atomic_write_text
 
 CHECKPOINT_FORMAT = "codectts-valle-1"
@@ -276,10 +277,8 @@ def read_model_config(ckpt_dir: str | os.PathLike) -> tuple[dict, Path]:
         for name in ("args.json", "config.json"):
             candidate = parent / name
             if candidate.is_file():
-                import json5
-
-                data = json5.loads(candidate.read_text(encoding="utf-8"))
-                if isinstance(data, dict) and isinstance(data.get("model"), dict):
+                data = read_json5(candidate)
+                if isinstance(data.get("model"), dict):
                     return data["model"], candidate
     raise CheckpointError(
         f"{ckpt_dir}: cannot tell which model the weights are for (no meta.json here and no "

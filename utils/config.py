@@ -286,7 +286,7 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise _Rule(key, message)
 
 
-def _read_json5(path: Path) -> dict:
+def read_json5(path: Path) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -345,7 +345,7 @@ def load_raw_config(path: str | os.PathLike) -> tuple[dict, dict, list[Path]]:
             cycle = " -> ".join(str(p) for p in chain + [current])
             raise ConfigError(f"base_config cycle: {cycle}")
         chain.append(current)
-        base = _read_json5(current).get("base_config")
+        base = read_json5(current).get("base_config")
         if base is None:
             break
         if not isinstance(base, str):
@@ -354,7 +354,7 @@ def load_raw_config(path: str | os.PathLike) -> tuple[dict, dict, list[Path]]:
     merged: dict = {}
     origin: dict = {}
     for file in reversed(chain):
-        data = _read_json5(file)
+        data = read_json5(file)
         data.pop("base_config", None)
         _merge(merged, data, origin, file)
     return merged, origin, chain

@@ -27,7 +27,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import json5
 import soundfile
 import torch
 from tqdm import tqdm
@@ -43,7 +42,7 @@ from utils.checkpoint import (
     read_best,
     read_meta,
 )
-from utils.config import Config, InferenceConfig, ModelConfig, config_from_dict
+from utils.config import Config, InferenceConfig, ModelConfig, config_from_dict, read_json5
 from utils.symbol_table import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -70,13 +69,6 @@ class ModelSource:
 
     def describe(self) -> str:
         return f"{self.kind} {self.root} (weights {self.weights})"
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json5.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise InferenceError(f"{path}: cannot read it as json ({e})") from None
 
 
 def _known_config(data: dict, source: Path) -> Config:
@@ -115,7 +107,7 @@ def _our_checkpoint(ckpt_dir: Path, exp_dir: Path, kind: str) -> ModelSource:
             f"{ckpt_dir}: the experiment folder {exp_dir} has no config.json "
             "(stage 2 writes it next to checkpoint/)"
         )
-    cfg = _known_config(_read_json(config_path), config_path)
+    cfg = _known_config(read_json5(config_path), config_path)
     meta = read_meta(ckpt_dir)
     if "model" in meta:  # the checkpoint describes itself; it wins over the experiment config
         meta_model = _model_config(meta["model"], ckpt_dir / "meta.json")
@@ -142,7 +134,7 @@ def _symbols_of(root: Path) -> Path:
 def _release(root: Path, which: str, recipe_cfg: Config, folder: Path | None = None) -> ModelSource:
     """A released Amphion folder; `folder` = one of its checkpoint folders (default: newest)."""
     args_path = root / "args.json"
-    args = _read_json(args_path)
+    args = read_json5(args_path)
     if not isinstance(args.get("model"), dict):
         raise InferenceError(f"{args_path}: no 'model' section; is this an Amphion VALL-E release?")
     other = sorted(k for k in args if k != "model")
