@@ -11,7 +11,8 @@ Steps (see docs/ARCHITECTURE.md for the output layout):
 4. tokenization in shards (`preprocessors.tokenize`), in this process or in `num_workers` worker
    processes per device, each writing its own shard files;
 5. merge: `<dataset>/cuts_<split>.jsonl.gz` (phones in `cut.custom["phones"]`, codes in
-   `cut.codes`), `<dataset>/rejected.jsonl`, `<dataset>/summary.json`, `symbols.dict`,
+   `cut.codes`, the cut's duration spanning all its codec frames: `tokenize.codec_span`),
+   `<dataset>/rejected.jsonl`, `<dataset>/summary.json`, `symbols.dict`,
    `config.json`, and `stage1.done.json` holding the fingerprint of everything that produced them.
 
 Re-running with the same config and corpus files is a no-op (fingerprint match). A killed run
@@ -42,19 +43,17 @@ from tqdm import tqdm
 from models.codec.encodec import OFFICIAL_NAME, RANDOM_INIT_WARNING, CodecTokenizer, file_sha256
 from preprocessors.corpora import check_corpus_path, corpus_files, read_corpus, reject
 from preprocessors.g2p import g2p_version, has_speech_phones, phonemize
-from preprocessors.tokenize import (
-    ShardTask,
-    run_shard,
-    worker_init,
-    worker_run,
-)
+from preprocessors.tokenize import ShardTask, codec_span, run_shard, worker_init, worker_run
 from utils.audio import load_audio
 from utils.config import Config, resolve_path, save_config
 from utils.fileio import atomic_path, atomic_write_text
 from utils.symbol_table import SymbolTable, TextTokenizer
 
 log = logging.getLogger("preprocess")
-STAGE1_FORMAT = "codectts-stage1-1"  # bump when the output of the same settings changes
+# Bump SHARD_FORMAT when the codes of the same settings change (every shard is re-encoded),
+# MANIFEST_FORMAT when only the merged manifests change (shards are reused, the merge reruns).
+SHARD_FORMAT = "codectts-stage1-1"
+MANIFEST_FORMAT = "codectts-stage1-2"  # 2: a cut's duration spans its codes (codec_span)
 DONE_FILE = "stage1.done.json"
 
 
@@ -108,7 +107,7 @@ def stage_settings(cfg: Config, roots: dict[str, Path]) -> dict:
         "symbols_dict acoustic_token_dir train_file valid_file shard_size"
     ).split()
     return {
-        "format": STAGE1_FORMAT,
+        "format": MANIFEST_FORMAT,
         "datasets": {name: str(root) for name, root in roots.items()},
         "preprocess": {k: getattr(pcfg, k) for k in keys},
         "g2p": g2p_version(pcfg.phone_language),
@@ -225,7 +224,7 @@ def plan_shards(
             d.get("custom", {}).pop("phones", None)  # phones are merged later, not in shards
             dicts.append(d)
         identity = [(c.id, c.recording.sources[0].source, c.recording.num_samples) for c in cuts]
-        fp = _sha([STAGE1_FORMAT, codec.fingerprint(), identity])[:12]
+        fp = _sha([SHARD_FORMAT, codec.fingerprint(), identity])[:12]
         tasks.append(
             ShardTask(
                 name,
@@ -291,13 +290,13 @@ def merge_dataset(name: str, kept, tasks, rejected, out: Path, pcfg) -> dict:
     for split, cuts in kept.items():
         cuts[:] = [c for c in cuts if c.id in encoded]  # drop cuts whose audio was rejected
         final = [
-            encoded[c.id].with_custom("phones", c.custom["phones"])
+            codec_span(encoded[c.id]).with_custom("phones", c.custom["phones"])
             for c in sorted(cuts, key=lambda c: c.id)
         ]
         _atomic_cuts(CutSet.from_cuts(final), work / f"cuts_{names[split]}.jsonl.gz")
         summary["splits"][names[split]] = {
             "utterances": len(final),
-            "hours": round(sum(c.duration for c in final) / 3600, 4),
+            "hours": round(sum(c.recording.duration for c in final) / 3600, 4),
             "speakers": len({s.speaker for c in final for s in c.supervisions}),
         }
     written = {f"cuts_{names[split]}.jsonl.gz" for split in kept}

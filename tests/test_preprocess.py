@@ -19,10 +19,14 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, write_config
-from lhotse import CutSet
+from lhotse import CutSet, NumpyHdf5Writer
+from lhotse.qa import validate, validate_temporal_array
+from lhotse.utils import fastcopy
 
 from models.codec.encodec import CodecTokenizer
+from models.tts.valle.dataset import VALLEDataset, load_cuts
 from utils.audio import load_audio
+from utils.config import load_config
 from utils.symbol_table import SymbolTable, TextTokenizer
 
 # The test corpora use a random-init codec on purpose (test_codec.py checks that it warns).
@@ -58,31 +62,91 @@ def test_manifests_phones_and_codes_contract(stage1, corpora):
         assert phones and all(isinstance(p, str) for p in phones)
         assert phones[0] not in ("<bos>", "_") and phones[-1] != "<eos>"
         tokenizer.encode(phones)  # every phone is in the table
-        codes = cut.codes.load()
+        codes = cut.load_codes()  # lhotse's loader: frames counted from the cut's duration
         samples = len(load_audio(cut.recording.sources[0].source, 24000))
         assert codes.shape == (math.ceil(samples / 320), 8), cut.id
+        assert np.array_equal(codes, cut.codes.load())  # every stored frame
         assert np.issubdtype(codes.dtype, np.integer)
         assert codes.min() >= 0 and codes.max() < 1024
         assert len(np.unique(codes[:, 0])) > 1  # a k-means-initialised codec, not all zeros
-        assert cut.codes.frame_shift == pytest.approx(320 / 24000)
-        # lhotse's cut.load_codes() trims to round(duration / frame_shift) frames
-        assert abs(cut.load_codes().shape[0] - codes.shape[0]) <= 1
+        assert cut.codes.frame_shift == pytest.approx(320 / 24000) and cut.codes.start == 0
+        # the recording and the transcript keep the true audio length
+        assert cut.recording.num_samples * 24000 == samples * cut.recording.sampling_rate
+        assert cut.supervisions[0].duration == pytest.approx(cut.recording.duration)
     summary = stage1["summaries"]
     assert summary["libritts"]["splits"]["train"]["speakers"] == 3
     assert summary["custom"]["splits"]["train"]["utterances"] == 3
 
 
 def test_tokens_equal_direct_encodec_encode_of_each_utterance_alone(stage1):
+    """... and training batches hold exactly those codes: all ceil(samples / 320) frames."""
     torch.set_num_threads(1)
     codec = CodecTokenizer.from_processed_dir(stage1["processed"])
     assert codec.is_random_init
     assert "MEANINGLESS" in (stage1["processed"] / "codec" / "codec.json").read_text()
+    direct = {}
     for cut in _cuts(stage1["processed"]).values():
         wav = load_audio(cut.recording.sources[0].source, 24000)
         with torch.no_grad():
             (frames, _scale), *rest = codec.model.encode(wav[None, None])
         assert not rest  # the 24 kHz model never splits into segments
-        assert np.array_equal(frames[0].t().numpy(), cut.codes.load()), cut.id
+        direct[cut.id] = frames[0].t()
+        assert direct[cut.id].shape[0] == math.ceil(len(wav) / 320)
+        assert np.array_equal(direct[cut.id].numpy(), cut.load_codes()), cut.id
+    cfg = load_config(stage1["config"])
+    tokenizer = TextTokenizer.from_file(stage1["processed"] / "symbols.dict")
+    cuts = load_cuts(cfg, stage1["processed"], "train")
+    batch = VALLEDataset(tokenizer)[cuts]
+    for i, cut_id in enumerate(batch["cut_ids"]):
+        t = batch["y_lens"][i]
+        assert torch.equal(batch["y"][i, :t], direct[cut_id]), cut_id
+
+
+def _tuple_shapes(cut):
+    """lhotse 1.33 (and its main branch) `validate_temporal_array(read_data=True)` asserts
+    `data.shape == arr.shape`: a numpy tuple against the manifest's list, false for every array
+    of every manifest (test_lhotse_validator_shape_bug_is_still_there). Only that comparison is
+    bypassed here, by giving the in-memory manifest a tuple; every other check runs as shipped."""
+    a = cut.codes
+    return cut.with_custom("codes", fastcopy(a, array=fastcopy(a.array, shape=tuple(a.shape))))
+
+
+def test_lhotse_validate_with_read_data_accepts_stage1_manifests(stage1, caplog):
+    for path in sorted(stage1["processed"].glob("*/cuts_*.jsonl.gz")):
+        cuts = CutSet.from_file(path)
+        validate(cuts)
+        with caplog.at_level(logging.WARNING):
+            validate(CutSet.from_cuts(_tuple_shapes(c) for c in cuts), read_data=True)
+        # lhotse only warns when a cut's duration and its codes' duration disagree
+        assert "mismatched duration" not in caplog.text, path
+
+
+def test_lhotse_validator_shape_bug_is_still_there(tmp_path):
+    """When this fails, lhotse compares shapes correctly: drop `_tuple_shapes` above."""
+    with NumpyHdf5Writer(tmp_path / "a.h5") as writer:
+        arr = writer.store_array("a", np.zeros((4, 8), np.int16), frame_shift=0.01, temporal_dim=0)
+    with pytest.raises(AssertionError):
+        validate_temporal_array(arr, read_data=True)
+
+
+def test_load_codes_truncate_subset_split_use_every_frame(stage1):
+    hop = 320 / 24000
+    cuts = CutSet.from_file(stage1["processed"] / "libritts" / "cuts_train.jsonl.gz")
+    for cut in cuts:
+        codes = cut.codes.load()
+        t = len(codes)
+        assert cut.duration == pytest.approx(t * hop)
+        assert np.array_equal(cut.truncate(duration=cut.duration).load_codes(), codes)
+        part = cut.truncate(offset=5 * hop, duration=(t - 9) * hop)
+        assert np.array_equal(part.load_codes(), codes[5 : t - 4]), cut.id
+        tail = cut.truncate(offset=(t - 3) * hop)  # the last frames, the partial one included
+        assert np.array_equal(tail.load_codes(), codes[t - 3 :]), cut.id
+    subset = cuts.subset(first=2)
+    assert [c.id for c in subset] == [c.id for c in cuts][:2]
+    parts = cuts.split(2)
+    assert sorted(c.id for p in parts for c in p) == sorted(c.id for c in cuts)
+    for cut in [*subset, *(c for p in parts for c in p)]:
+        assert np.array_equal(cut.load_codes(), cut.codes.load()), cut.id
 
 
 def test_stereo_48k_and_8k_inputs_are_converted(stage1, corpora):
@@ -97,13 +161,13 @@ def test_stereo_48k_and_8k_inputs_are_converted(stage1, corpora):
         n = min(len(wav), len(clean))
         err = (wav[:n] - 0.75 * clean[:n]).abs().max().item()
         assert err < 0.02, err
-        assert cut.codes.load().shape[0] == math.ceil(len(wav) / 320)
+        assert cut.load_codes().shape[0] == math.ceil(len(wav) / 320)
     for cut_id in (utts["rate8k"], "audio_narrow"):
         cut = cuts[cut_id]
         assert cut.recording.sampling_rate == 8000
         wav = load_audio(cut.recording.sources[0].source, 24000)
         assert len(wav) == 3 * cut.recording.num_samples
-        assert cut.codes.load().shape[0] == math.ceil(len(wav) / 320)
+        assert cut.load_codes().shape[0] == math.ceil(len(wav) / 320)
 
 
 def test_bad_inputs_are_rejected_with_reasons_and_the_rest_is_kept(stage1, corpora):
@@ -144,6 +208,29 @@ def test_rerun_is_a_noop(stage1, caplog):
     assert "nothing to do" in caplog.text
     assert {p: p.stat().st_mtime_ns for p in files} == before
     assert {p for p in processed.rglob("*") if p.is_file()} == set(files)
+
+
+def test_older_manifest_format_is_rewritten_on_rerun_without_reencoding(
+    stage1, corpora, tmp_path, caplog, monkeypatch
+):
+    from preprocessors import pipeline
+
+    processed = tmp_path / "processed"
+    shutil.copytree(stage1["processed"], processed)
+    cfg = load_config(write_config(tmp_path / "cfg.json", corpora, processed))
+    # what a stage 1 before manifest format 2 left: its fingerprint, cuts ending with the audio
+    monkeypatch.setattr(pipeline, "MANIFEST_FORMAT", "codectts-stage1-1")
+    pipeline.run_stage1(cfg, ["cpu"], 1)
+    monkeypatch.undo()
+    for f in processed.glob("*/cuts_*.jsonl.gz"):
+        old = [fastcopy(c, duration=c.recording.duration) for c in CutSet.from_file(f)]
+        CutSet.from_cuts(old).to_file(f)
+    with caplog.at_level(logging.INFO, logger="preprocess"):
+        pipeline.run_stage1(cfg, ["cpu"], 1)
+    assert "changed since the last run" in caplog.text
+    assert re.search(r"tokenize: (\d+) of \1 shards already done", caplog.text)
+    for cut in _cuts(processed).values():
+        assert cut.duration == cut.codes.duration and len(cut.load_codes()) == cut.codes.num_frames
 
 
 def _same_outputs(a: Path, b: Path) -> None:

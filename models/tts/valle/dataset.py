@@ -22,6 +22,7 @@ skips that many batches without loading any audio or codes.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import signal
 import warnings
@@ -30,11 +31,13 @@ from pathlib import Path
 
 import torch
 from lhotse import CutSet, combine
+from lhotse.array import TemporalArray, seconds_to_frames
 from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from lhotse.dataset.sampling.base import CutSampler
 
 from models.tts.valle.valle import pad_1d
+from preprocessors.tokenize import codec_span
 from utils.config import Config
 from utils.symbol_table import TextTokenizer, UnknownPhoneError
 
@@ -61,7 +64,7 @@ def load_cuts(cfg: Config, processed_dir: Path, split: str) -> CutSet:
     for dataset in cfg.dataset:
         path = stage1_cuts_path(cfg, processed_dir, dataset, split)
         if path.is_file():
-            cuts = CutSet.from_file(path)
+            cuts = span_old_cuts(CutSet.from_file(path), path)
             if split == "train" or len(cuts):
                 sets.append(cuts)
                 continue
@@ -82,11 +85,53 @@ def load_cuts(cfg: Config, processed_dir: Path, split: str) -> CutSet:
     return sets[0] if len(sets) == 1 else combine(*sets)
 
 
+def _codes(cut: Cut) -> TemporalArray | None:
+    codes = cut.custom.get("codes") if cut.custom else None
+    return codes if isinstance(codes, TemporalArray) else None
+
+
+def _predates_codec_span(cut: Cut) -> bool:
+    """A whole-recording cut of a stage-1 run before MANIFEST_FORMAT 2: its duration is the
+    audio's, so lhotse would leave out a last codec frame covering under half a hop."""
+    codes = _codes(cut)
+    return (
+        codes is not None
+        and cut.has_recording
+        and cut.start == 0
+        and codes.start == 0
+        and math.isclose(cut.duration, cut.recording.duration)
+        and 1e-9 < codes.duration - cut.duration < codes.frame_shift
+    )
+
+
+def span_old_cuts(cuts: CutSet, path: Path) -> CutSet:
+    """Cuts written by an older stage 1 converted on read (`tokenize.codec_span`), with a
+    warning; cuts of the current format come back unchanged."""
+    old = sum(map(_predates_codec_span, cuts))
+    if not old:
+        return cuts
+    logger.warning(
+        "%s: %d cuts come from an older stage 1 (duration shorter than their codes); converted "
+        "on read so that training sees every codec frame. Rerun stage 1 to rewrite them.",
+        path,
+        old,
+    )
+    return CutSet.from_cuts(codec_span(c) if _predates_codec_span(c) else c for c in cuts)
+
+
 def num_frames(cut: Cut, hop_seconds: float) -> int:
-    codes = getattr(cut, "codes", None)
-    if codes is not None and getattr(codes, "shape", None):
-        return int(codes.shape[0])
+    """Codec frames of the cut: what `cut.load_codes()` returns (lhotse's count from duration)."""
+    codes = _codes(cut)
+    if codes is not None:
+        return seconds_to_frames(cut.duration, codes.frame_shift, max_index=codes.num_frames)
     return int(round(cut.duration / hop_seconds))
+
+
+def audio_seconds(cut: Cut) -> float:
+    """Audio length of a cut: a stage-1 cut's duration also covers its last codec frame's
+    padding (up to one hop past the recording's end)."""
+    end = min(cut.end, cut.recording.duration) if cut.has_recording else cut.end
+    return end - cut.start
 
 
 def filter_cuts(
@@ -99,8 +144,9 @@ def filter_cuts(
     hop = cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
     kept, rejected = [], []
     for cut in cuts:
-        if cut.duration < min_duration or cut.duration > max_duration:
-            reason = f"duration {cut.duration:.2f}s outside [{min_duration}, {max_duration}]"
+        seconds = audio_seconds(cut)
+        if seconds < min_duration or seconds > max_duration:
+            reason = f"duration {seconds:.2f}s outside [{min_duration}, {max_duration}]"
             rejected.append((cut.id, reason))
         elif not cut.custom or "phones" not in cut.custom or not cut.has_custom("codes"):
             rejected.append((cut.id, "no custom['phones'] or codes (not a stage-1 cut)"))
@@ -136,8 +182,8 @@ class VALLEDataset(torch.utils.data.Dataset):
                 texts.append(torch.tensor(self.tokenizer.encode(cut.custom["phones"])))
             except UnknownPhoneError as e:
                 raise DataError(f"cut {cut.id}: {e}") from None
-            # all ceil(samples / hop) frames: cut.load_codes() would trim to round(duration / hop)
-            c = torch.as_tensor(cut.codes.load()).long()  # (frames, 8)
+            # a stage-1 cut's duration spans all its ceil(samples / hop) codec frames
+            c = torch.as_tensor(cut.load_codes()).long()  # (frames, 8)
             if c.ndim != 2 or c.shape[1] < self.num_quantizers:
                 raise DataError(
                     f"cut {cut.id}: codes of shape {tuple(c.shape)}, expected (frames, >= "
