@@ -130,7 +130,9 @@ def num_frames(cut: Cut, hop_seconds: float) -> int:
 def audio_seconds(cut: Cut) -> float:
     """Audio length of a cut: a stage-1 cut's duration also covers its last codec frame's
     padding (up to one hop past the recording's end)."""
-    end = min(cut.end, cut.recording.duration) if cut.has_recording else cut.end
+    end = cut.start + cut.duration  # not cut.end: it needs a sampling rate (a recording)
+    if cut.has_recording:
+        end = min(end, cut.recording.duration)
     return end - cut.start
 
 
