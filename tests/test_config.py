@@ -1,11 +1,14 @@
 """Config system: base_config inheritance, typed validation errors, shipped recipe configs."""
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
 from utils.config import (
+    FIXED,
+    IGNORED,
     REPO_ROOT,
     Config,
     ConfigError,
@@ -205,3 +208,87 @@ def test_override_with_wrong_type_names_command_line():
 
 def test_defaults_validate():
     Config().validate()
+
+
+def _section(dotted: str, value) -> str:
+    """'train.ddp', False -> '{"train": {"ddp": false}}'"""
+    *section, key = dotted.split(".")
+    tree = {key: value}
+    for name in reversed(section):
+        tree = {name: tree}
+    return json.dumps(tree)
+
+
+@pytest.mark.parametrize(
+    "key, changed, default",
+    [
+        ("preprocess.extract_phone", False, True),
+        ("preprocess.extract_acoustic_token", False, True),
+        ("train.ddp", False, True),
+        ("train.log_epoch_step", 50, 1000),
+    ],
+)
+def test_ignored_amphion_keys_warn_naming_key_file_and_reason(
+    tmp_path, caplog, key, changed, default
+):
+    path = write(tmp_path / "c.json", _section(key, changed))
+    with caplog.at_level("WARNING", logger="config"):
+        load_config(path)
+    (record,) = [r for r in caplog.records if r.name == "config"]
+    message = record.getMessage()
+    assert str(path) in message and f"'{key}'" in message and "is ignored: " in message
+    assert IGNORED[key] in message
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="config"):
+        load_config(write(tmp_path / "d.json", _section(key, default)))  # the default: silent
+    assert not [r for r in caplog.records if r.name == "config"]
+
+
+@pytest.mark.parametrize(
+    "key, value, words",
+    [
+        ("preprocess.sample_rate", 16000, "EnCodec 24 kHz"),
+        ("preprocess.codec_hop_size", 240, "320 samples per frame"),
+        ("preprocess.use_phone", False, "only text input"),
+        ("preprocess.use_acoustic_token", False, "only training target"),
+        ("task_type", "svc", "text-to-speech"),
+        ("model_type", "NaturalSpeech2", "VALL-E"),
+        ("model.audio_token_num", 512, "[0, 1024)"),
+    ],
+)
+def test_keys_with_one_supported_value_reject_others_with_the_reason(tmp_path, key, value, words):
+    path = write(tmp_path / "c.json", _section(key, value))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and f"'{key}'" in str(err.value)
+    assert words in str(err.value)
+
+
+def test_every_config_key_acts_is_fixed_or_is_documented_as_ignored():
+    """Each key is read by the code (outside utils/config.py, tests and benchmarks), or is a
+    FIXED Amphion key (other values rejected), or an IGNORED one (README says so; it warns)."""
+    import dataclasses
+
+    from tools.config_reference import SECTIONS as REFERENCE_SECTIONS
+    from tools.config_reference import reference
+
+    skip = ("utils/config.py", "tests/", "bench/", "tools/")
+    code = "\n".join(
+        p.read_text(encoding="utf-8")
+        for p in sorted(REPO_ROOT.rglob("*.py"))
+        if ".venv" not in p.parts and not str(p.relative_to(REPO_ROOT)).startswith(skip)
+    )
+    rows = {line.split("`")[1]: line for line in reference().splitlines() if line.startswith("| `")}
+    for section, cls in REFERENCE_SECTIONS:
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.type) or f.name in ("preprocess", "model", "train"):
+                continue
+            if f.name == "inference":
+                continue
+            key = f"{section}.{f.name}" if section else f.name
+            if key in IGNORED:
+                assert "ignored" in rows[key], key
+            elif key in FIXED:
+                assert f"must be {json.dumps(FIXED[key][0])}" in rows[key], key
+            else:
+                assert re.search(rf"\.{f.name}\b|[\"']{f.name}[\"']", code), f"{key} is never read"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import types
 import typing
@@ -31,6 +32,7 @@ import json5
 from utils.fileio import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger("config")
 
 
 class ConfigError(ValueError):
@@ -44,19 +46,19 @@ class ConfigError(ValueError):
 
 @dataclass
 class PreprocessConfig:
-    extract_phone: bool = True  # run G2P in stage 1
-    phone_extractor: str = "espeak"  # G2P backend: "espeak" (phonemizer + espeak-ng)
+    extract_phone: bool = True  # Amphion key, ignored (warns if false): stage 1 always makes phones
+    phone_extractor: str = "espeak"  # G2P backend; must be "espeak" (phonemizer + espeak-ng)
     phone_language: str = "en-us"  # espeak-ng language code
-    extract_acoustic_token: bool = True  # run the codec in stage 1
-    acoustic_token_extractor: str = "Encodec"  # codec: "Encodec" (24 kHz, 8 codebooks at 6 kbps)
+    extract_acoustic_token: bool = True  # Amphion key, ignored (warns if false): codes always made
+    acoustic_token_extractor: str = "Encodec"  # codec; must be "Encodec" (EnCodec 24 kHz)
     acoustic_token_dir: str = "acoustic_tokens"  # folder (inside processed_dir/<dataset>) for codes
-    use_phone: bool = True  # model input is phones (the only supported text input)
-    use_acoustic_token: bool = True  # model target is codec tokens (the only supported target)
+    use_phone: bool = True  # Amphion key; must be true (phones are the only text input)
+    use_acoustic_token: bool = True  # Amphion key; must be true (codec tokens are the only target)
     processed_dir: str = "data/processed"  # stage-1 output root (relative = repository root)
     symbols_dict: str = "symbols.dict"  # phone table file name inside processed_dir
     existing_symbols_dict: str = ""  # reuse this phone table unchanged (e.g. a release's)
-    sample_rate: int = 24000  # codec sample rate; audio is resampled to it
-    codec_hop_size: int = 320  # samples per codec frame (24000 / 320 = 75 frames/s)
+    sample_rate: int = 24000  # Amphion key; must be 24000 (EnCodec 24 kHz; audio is resampled)
+    codec_hop_size: int = 320  # Amphion key; must be 320 (EnCodec 24 kHz: 75 frames/s)
     codec_bandwidth: float = 6.0  # EnCodec bandwidth in kbps; 6.0 = 8 codebooks
     codec_pretrained: bool = True  # official EnCodec weights; false = random init (demo/tests)
     codec_checkpoint: str = ""  # local EnCodec weights file (no network needed)
@@ -83,18 +85,10 @@ class PreprocessConfig:
             "max_duration",
             f"must be greater than min_duration ({self.max_duration} <= {self.min_duration})",
         )
-        _check(self.sample_rate > 0, "sample_rate", "must be positive")
-        _check(self.codec_hop_size > 0, "codec_hop_size", "must be positive")
         _check(
             self.codec_bandwidth in (1.5, 3.0, 6.0, 12.0, 24.0),
             "codec_bandwidth",
             "must be one of 1.5, 3.0, 6.0, 12.0, 24.0 (EnCodec 24 kHz bandwidths)",
-        )
-        _check(self.phone_extractor == "espeak", "phone_extractor", "only 'espeak' is supported")
-        _check(
-            self.acoustic_token_extractor.lower() == "encodec",
-            "acoustic_token_extractor",
-            "only 'Encodec' is supported",
         )
         _check(self.num_workers >= 1, "num_workers", "must be >= 1")
         _check(self.codec_batch_seconds > 0, "codec_batch_seconds", "must be positive")
@@ -112,7 +106,7 @@ class PreprocessConfig:
 @dataclass
 class ModelConfig:
     text_token_num: int = 512  # phone vocabulary size (embedding rows)
-    audio_token_num: int = 1024  # codec codebook size; EOS id = audio_token_num
+    audio_token_num: int = 1024  # codec codebook size (>= 1024); EOS id = audio_token_num
     decoder_dim: int = 1024  # transformer width
     nhead: int = 16  # attention heads
     num_decoder_layers: int = 12  # layers of the AR and of the NAR decoder
@@ -144,7 +138,11 @@ class ModelConfig:
         _check(self.prefix_mode in (0, 1, 2, 4), "prefix_mode", "must be one of 0, 1, 2, 4")
         _check(self.num_quantizers >= 1, "num_quantizers", "must be >= 1")
         _check(self.text_token_num > 0, "text_token_num", "must be positive")
-        _check(self.audio_token_num > 0, "audio_token_num", "must be positive")
+        _check(
+            self.audio_token_num >= 1024,
+            "audio_token_num",
+            "must be >= 1024 (EnCodec codes are in [0, 1024); EOS is audio_token_num)",
+        )
         _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
 
 
@@ -159,8 +157,8 @@ class TrainConfig:
     max_epoch: int = 20  # epochs to train (0 = until max_steps)
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
     random_seed: int = 970227  # seed of init, shuffling and NAR stage/prefix draws
-    ddp: bool = True  # Amphion key; multi-GPU is chosen by --gpu (accelerate)
-    optimizer: str = "AdamW"  # only AdamW
+    ddp: bool = True  # Amphion key, ignored (warns if false): run.sh --gpu chooses the GPUs
+    optimizer: str = "AdamW"  # must be "AdamW"
     scheduler: str = "cosine"  # "cosine" (linear warmup + cosine decay) or "constant"
     base_lr: float = 1e-4  # peak learning rate
     warmup_steps: int = 16000  # linear warmup steps
@@ -173,7 +171,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute decoder activations in backward
     num_workers: int = -1  # dataloader workers; -1 = min(4, cpu count - 1)
     valid_interval: int = 1000  # validate every N optimizer steps (and each epoch end)
-    log_epoch_step: int = 1000  # Amphion key: same as log_interval
+    log_epoch_step: int = 1000  # Amphion key, ignored (warns if changed): see log_interval
     log_interval: int = 10  # tensorboard scalars every N steps
     save_checkpoint_stride: list[int] = field(default_factory=lambda: [1])  # Amphion key, epochs
     save_interval: int = 1000  # save a checkpoint every N optimizer steps (0 = per epoch only)
@@ -187,7 +185,6 @@ class TrainConfig:
         _check(self.max_sentences >= 1, "max_sentences", "must be >= 1")
         _check(self.max_epoch >= 0 and self.max_steps >= 0, "max_epoch", "must be >= 0")
         _check(self.max_epoch > 0 or self.max_steps > 0, "max_steps", "max_epoch or max_steps > 0")
-        _check(self.optimizer.lower() == "adamw", "optimizer", "only 'AdamW' is supported")
         _check(self.scheduler in ("cosine", "constant"), "scheduler", "'cosine' or 'constant'")
         _check(self.base_lr > 0, "base_lr", "must be positive")
         _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
@@ -240,8 +237,8 @@ class InferenceConfig:
 
 @dataclass
 class Config:
-    model_type: str = "VALLE"  # Amphion key; only VALLE
-    task_type: str = "tts"  # Amphion key
+    model_type: str = "VALLE"  # Amphion key; must be "VALLE"
+    task_type: str = "tts"  # Amphion key; must be "tts"
     dataset: list[str] = field(default_factory=lambda: ["libritts"])  # corpora to prepare
     dataset_path: dict[str, str] = field(default_factory=dict)  # corpus name -> root / list file
     log_dir: str = "exp"  # experiments go to log_dir/<name> (relative = repository root)
@@ -251,7 +248,6 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def validate(self) -> None:
-        _check(self.model_type == "VALLE", "model_type", "only 'VALLE' is supported")
         _check(len(self.dataset) > 0, "dataset", "name at least one corpus")
         known = ("libritts", "ljspeech", "custom")
         for name in self.dataset:
@@ -267,6 +263,35 @@ SECTIONS = {
     "model": ModelConfig,
     "train": TrainConfig,
     "inference": InferenceConfig,
+}
+
+# Amphion keys accepted so that Amphion configs load, that change nothing here: a value other
+# than the default is logged as a warning naming the key, the file and why.
+IGNORED = {
+    "preprocess.extract_phone": "stage 1 always makes the phones (the model's input) and "
+    "reuses what an earlier run made",
+    "preprocess.extract_acoustic_token": "stage 1 always makes the codec tokens and reuses the "
+    "shards an earlier run finished",
+    "train.ddp": "the GPUs are chosen by run.sh --gpu (accelerate launches one process per GPU)",
+    "train.log_epoch_step": "Amphion's VALL-E trainer does not read it either; tensorboard "
+    "scalars are written every train.log_interval steps",
+}
+
+# Amphion keys with the one value this toolkit supports (strings compared case-insensitively,
+# as Amphion's code does): any other value is an error that names the key, the file and why.
+FIXED = {
+    "model_type": ("VALLE", "only the VALL-E model is implemented"),
+    "task_type": ("tts", "only text-to-speech is implemented"),
+    "preprocess.phone_extractor": ("espeak", "phones come from phonemizer + espeak-ng"),
+    "preprocess.acoustic_token_extractor": ("Encodec", "the codec is EnCodec 24 kHz"),
+    "train.optimizer": ("AdamW", "the trainer builds torch.optim.AdamW"),
+    "preprocess.use_phone": (True, "phones are the only text input"),
+    "preprocess.use_acoustic_token": (True, "codec tokens are the only training target"),
+    "preprocess.sample_rate": (
+        24000,
+        "the EnCodec 24 kHz codec reads 24 kHz audio (other rates are resampled on load)",
+    ),
+    "preprocess.codec_hop_size": (320, "the EnCodec 24 kHz codec has 320 samples per frame"),
 }
 
 
@@ -408,6 +433,30 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     raise TypeError(f"expected {_type_name(tp)}, found {_found_name(value)}")
 
 
+def _same(value: Any, required: Any) -> bool:
+    if isinstance(value, str) and isinstance(required, str):
+        return value.lower() == required.lower()
+    return value == required
+
+
+def _amphion_keys(obj: Any, tree: dict, origin: dict, prefix: tuple, default_file: Path) -> None:
+    """FIXED keys set to another value fail; IGNORED keys set to another value warn."""
+    defaults = {f.name: f.default for f in dataclasses.fields(obj)}
+    for key, value in tree.items():
+        dotted = ".".join(prefix + (key,))
+        file = origin.get(prefix + (key,), default_file)
+        if dotted in FIXED and not _same(getattr(obj, key), FIXED[dotted][0]):
+            required, why = FIXED[dotted]
+            raise ConfigError(
+                f"{file}: key '{dotted}': must be {json.dumps(required)} ({why}), "
+                f"found {_found_name(value)}"
+            )
+        if dotted in IGNORED and getattr(obj, key) != defaults[key]:
+            log.warning(
+                "%s: key '%s' = %s is ignored: %s", file, dotted, json.dumps(value), IGNORED[dotted]
+            )
+
+
 def _build(cls: type, tree: dict, origin: dict, prefix: tuple, default_file: Path) -> Any:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
@@ -434,6 +483,7 @@ def _build(cls: type, tree: dict, origin: dict, prefix: tuple, default_file: Pat
         except TypeError as e:
             raise ConfigError(f"{file}: key '{dotted}': {e}") from None
     obj = cls(**kwargs)
+    _amphion_keys(obj, tree, origin, prefix, default_file)
     if hasattr(obj, "validate"):
         try:
             obj.validate()
