@@ -67,6 +67,7 @@ OVERRIDES = {
     "batch_size": int,
     "continual": str2bool,
     "max_seconds": float,
+    "trim_long_prompts": str2bool,
 }
 
 
