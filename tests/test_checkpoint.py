@@ -113,6 +113,34 @@ def test_training_state_is_weights_only_and_pickles_refused(tmp_path):
         load_training_state(weights_only)
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "torch", "torch-legacy"])
+def test_truncated_files_are_named_incomplete_not_unsafe(tmp_path, fmt):
+    state = {"a": torch.randn(64, 64), "b": torch.arange(10)}
+    path = tmp_path / ("w.safetensors" if fmt == "safetensors" else "w.bin")
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path, _use_new_zipfile_serialization=fmt == "torch")
+    data = path.read_bytes()
+    for size in (0, 5, 100, len(data) // 2, len(data) - 10):
+        path.write_bytes(data[:size])
+        with pytest.raises(CheckpointError) as caught:
+            load_tensor_file(path)
+        message = str(caught.value)
+        assert f"{path} is incomplete or corrupt" in message, (size, message)
+        assert "pick another checkpoint" in message and "pickled code" not in message
+
+
+def test_truncated_training_state_is_named_incomplete(tmp_path):
+    ckpt = save(tmp_path, 4, state={"step": 4, "rng": [torch.get_rng_state()]})
+    path = ckpt / "training_state.pt"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="training_state.pt is incomplete or corrupt"):
+        load_training_state(ckpt)
+
+
 def test_checkpoint_order_is_by_step_in_the_name():
     names = ["epoch-0002_step-0000900_loss-1.0", "final", "epoch-0010_step-0000100_loss-2.5"]
     ordered = sorted((Path(n) for n in names), key=checkpoint_order)

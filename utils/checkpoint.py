@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 import uuid
@@ -50,27 +51,49 @@ def checkpoint_name(epoch: int, step: int, loss: float) -> str:
     return f"epoch-{epoch:04d}_step-{step:07d}_loss-{loss:.6f}"
 
 
-def load_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a state dict from .safetensors or a torch file, never executing pickled code.
+def _corrupt(path: Path, error: Exception) -> CheckpointError:
+    first_line = (str(error).splitlines() or [""])[0][:200]
+    return CheckpointError(
+        f"{path} is incomplete or corrupt ({type(error).__name__}: {first_line}); it was "
+        "probably cut short by an interrupted download, copy or save. Download or copy it "
+        "again, or pick another checkpoint (run.sh --infer_checkpoint, or --infer_expt_dir / "
+        "--resume_from_ckpt_path naming another checkpoint folder)."
+    )
 
-    torch files are read with `weights_only=True`: a file that needs arbitrary objects (a pickle
-    that could run code) is refused with a message instead of being unpickled.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
-        return load_file(str(path))
+def _torch_load(path: Path) -> object:
+    """torch.load(weights_only=True); CheckpointError telling an unsafe file from a broken one."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError (or others) for unsafe content
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not (isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e)):
+            raise _corrupt(path, e) from None  # truncated zip / pickle, bad bytes, ...
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain tensor file and loading it would need "
             f"to execute pickled code ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
             "Only load weights from sources you trust; convert them to .safetensors first."
         ) from None
+
+
+def load_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict from .safetensors or a torch file, never executing pickled code.
+
+    torch files are read with `weights_only=True`: a file that needs arbitrary objects (a pickle
+    that could run code) is refused with a message instead of being unpickled. A truncated or
+    damaged file is a CheckpointError naming it and saying what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise _corrupt(path, e) from None
+    obj = _torch_load(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -259,10 +282,7 @@ def load_training_state(ckpt_dir: str | os.PathLike) -> dict:
             f"{ckpt_dir}: no {TRAINING_STATE}, so it cannot be resumed exactly "
             "(a released or weights-only checkpoint): use --resume_type finetune"
         )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot load {path} safely: {type(e).__name__}: {e}") from None
+    return _torch_load(path)
 
 
 def read_model_config(ckpt_dir: str | os.PathLike) -> tuple[dict, Path]:
