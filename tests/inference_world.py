@@ -132,19 +132,19 @@ def read_records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def run_sh(world, out: Path, *args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+def run_sh_argv(world, out: Path, *args: str) -> list[str]:
     """`sh run.sh --stage 3` with the test recipe config, experiment and output folder."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
     common = ["--config", str(world["recipe"]), "--infer_expt_dir", str(world["exp"])]
-    return subprocess.run(
-        ["sh", str(REPO_ROOT / "egs" / "tts" / "VALLE" / "run.sh"), "--stage", "3", *common]
-        + ["--infer_output_dir", str(out), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    return ["sh", str(REPO_ROOT / "egs" / "tts" / "VALLE" / "run.sh"), "--stage", "3", *common,
+            "--infer_output_dir", str(out), *args]  # fmt: skip
+
+
+RUN_ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def run_sh(world, out: Path, *args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
+    argv = run_sh_argv(world, out, *args)
+    return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600, env=RUN_ENV)
 
 
 def check_result(record: dict, out_dir: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +21,14 @@ import torch
 from inference_world import (
     CKPT_NEW,
     CKPT_OLD,
+    RUN_ENV,
     SR,
     TEXTS,
     build_world,
     check_result,
     read_records,
     run_sh,
+    run_sh_argv,
     single,
 )
 from inference_world import main as run_main
@@ -43,7 +46,7 @@ from models.tts.valle.inference import (
     parse_test_list,
 )
 from preprocessors.g2p import phonemize
-from utils.config import InferenceConfig, load_config
+from utils.config import REPO_ROOT, InferenceConfig, load_config
 
 
 @pytest.fixture(scope="module")
@@ -346,11 +349,49 @@ def test_batches_are_sorted_by_expected_length():
     assert got == [["b", "c", "d"], ["a"]]
 
 
-def test_claim_run_dir(tmp_path):
+def test_claim_run_dir_never_hands_out_a_folder_twice(tmp_path):
     assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch"
-    (tmp_path / "batch" / "1.wav").write_bytes(b"x")
+    assert (tmp_path / "batch" / "results.jsonl").is_file()  # the claim
+    # Claimed, even before it holds any output: a run started at the same time goes elsewhere.
     assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch-2"
-    assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch-2"  # still empty: reused
-    (tmp_path / "batch-2" / "1.wav").write_bytes(b"x")
     assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch-3"
-    assert claim_run_dir(tmp_path, "batch", True) == tmp_path / "batch"
+    (tmp_path / "batch-4").mkdir()  # empty: a run that stopped before claiming it
+    assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch-4"
+    (tmp_path / "batch-5").mkdir()
+    (tmp_path / "batch-5" / "notes.txt").write_text("x")  # not ours: left alone
+    assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch-6"
+    assert claim_run_dir(tmp_path, "batch", True) == tmp_path / "batch"  # asked for
+
+
+def test_concurrent_runs_into_one_output_dir_never_mix(world, tmp_path):
+    """Two stage-3 processes started together with the same --infer_output_dir."""
+    out = tmp_path / "out"
+    (out / "batch").mkdir(parents=True)  # an empty folder both see as free
+    lists = {}
+    for run, texts in (("a", TEXTS[:2]), ("b", TEXTS[2:4])):
+        lists[run] = world["root"] / "lists" / f"concurrent_{run}.txt"
+        lines = [f"{t}|prompt {TEXTS[7]}|prompts/a.wav|{run}{i}" for i, t in enumerate(texts)]
+        lists[run].write_text("\n".join(lines) + "\n")
+    procs = [
+        subprocess.Popen(
+            run_sh_argv(world, out, "--infer_mode", "batch", "--infer_test_list_file", str(lst)),
+            cwd=REPO_ROOT,
+            env=RUN_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for lst in lists.values()
+    ]
+    for proc in procs:
+        logs = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, logs[-3000:]
+    runs = {}
+    for run_dir in sorted(out.iterdir()):
+        records = read_records(run_dir / "results.jsonl")
+        names = {r["name"] for r in records}
+        assert all(Path(r["output"]).parent == run_dir for r in records)
+        assert {p.stem for p in run_dir.glob("*.wav")} == names, run_dir
+        runs[run_dir.name] = names
+    assert sorted(runs.values(), key=sorted) == [{"a0", "a1"}, {"b0", "b1"}]
+    assert set(runs) == {"batch", "batch-2"}

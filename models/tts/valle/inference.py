@@ -52,6 +52,9 @@ from utils.symbol_table import TextTokenizer
 log = logging.getLogger(__name__)
 
 
+RESULTS = "results.jsonl"  # one line per utterance or failure, in each run folder
+
+
 class InferenceError(RuntimeError):
     """Inference cannot go on; the message names the file / line / phone and what to do."""
 
@@ -679,23 +682,28 @@ class Synthesizer:
 def claim_run_dir(output_dir: Path, mode: str, overwrite: bool) -> Path:
     """OUT/<mode>, or OUT/<mode>-2, -3, ... when that holds an earlier run (unless overwrite).
 
-    The folder is claimed with an atomic mkdir, so two runs started together never share one.
+    A folder is claimed by creating its results.jsonl exclusively (O_EXCL): of two runs started
+    together only one can, so they never share a folder. An empty folder (a run that stopped
+    before it claimed) is taken; one holding anything is not. With overwrite, OUT/<mode> is
+    taken whatever it holds (the user's explicit choice).
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     first = output_dir / mode
     if overwrite:
         first.mkdir(exist_ok=True)
         return first
-    n = 1
+    n = 0
     while True:
-        candidate = first if n == 1 else output_dir / f"{mode}-{n}"
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            if candidate.is_dir() and not any(candidate.iterdir()):
-                return candidate  # an empty folder (e.g. a run that failed before writing)
         n += 1
+        candidate = first if n == 1 else output_dir / f"{mode}-{n}"
+        candidate.mkdir(exist_ok=True)
+        if any(candidate.iterdir()):
+            continue  # an earlier (or a concurrent) run's folder
+        try:
+            (candidate / RESULTS).touch(exist_ok=False)
+        except FileExistsError:
+            continue  # another run claimed it between our two looks
+        return candidate
 
 
 def write_jsonl_line(handle, record: dict) -> None:
