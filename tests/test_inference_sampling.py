@@ -5,17 +5,18 @@ other lines are in the list (a partial re-run)."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
-from inference_world import TEXTS, build_world, main, read_records, run_sh
+from inference_world import SR, TEXTS, build_world, main, read_records, run_sh
 
 from models.tts.valle.inference import utterance_seed
 
 LINES = {  # name -> line (names given, so the output names survive a reordering)
     "u1": f"{TEXTS[0]}|prompt {TEXTS[1]}|prompts/a.wav|u1",
     "u2": f"prompt {TEXTS[2]}|prompts/b.flac|{TEXTS[3]}|u2",
-    "u3": f"{TEXTS[4]}|prompt {TEXTS[5]}|prompts/b.flac|u3",
+    "u3": f"{TEXTS[4]}|prompt {TEXTS[5]}|prompts/long.wav|u3",  # 3 s: cut to 1.5 s, as asked
 }
 
 
@@ -50,7 +51,7 @@ def _audio(record: dict) -> bytes:
 def test_sampled_audio_is_the_same_at_any_batch_size_order_and_subset(world, tmp_path):
     names = list(LINES)
     full = _write_list(world, "three", names)
-    sampling = ("--top_k", "5", "--seed", "7")
+    sampling = ("--top_k", "5", "--seed", "7", "--trim_long_prompts", "true")
     # Through run.sh (the user's command), batch size 3.
     proc = run_sh(
         world,
@@ -65,6 +66,8 @@ def test_sampled_audio_is_the_same_at_any_batch_size_order_and_subset(world, tmp
         "7",
         "--infer_batch_size",
         "3",
+        "--infer_trim_long_prompts",
+        "true",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     reference = {r["name"]: r for r in read_records(tmp_path / "sh" / "batch" / "results.jsonl")}
@@ -75,6 +78,7 @@ def test_sampled_audio_is_the_same_at_any_batch_size_order_and_subset(world, tmp
     )  # rows left the batch at different steps
     for name, record in reference.items():
         assert record["seed"] == utterance_seed(7, name)  # recorded per utterance
+    assert reference["u3"]["prompt_frames"] == math.ceil(1.5 * SR / 320)
 
     runs = {f"bs{bs}": _batch(world, tmp_path / f"bs{bs}", full, *sampling, "--batch_size", str(bs))
             for bs in (1, 2)}  # fmt: skip
@@ -91,7 +95,7 @@ def test_sampled_audio_is_the_same_at_any_batch_size_order_and_subset(world, tmp
             assert _audio(record) == _audio(ref), (run, name)
 
     # It really samples: another seed, or greedy decoding, gives other audio.
-    other = _batch(world, tmp_path / "seed8", full, "--top_k", "5", "--seed", "8")
-    greedy = _batch(world, tmp_path / "greedy", full, "--top_k", "1", "--seed", "7")
+    other = _batch(world, tmp_path / "seed8", full, *sampling[:2], "--seed", "8", *sampling[4:])
+    greedy = _batch(world, tmp_path / "greedy", full, "--top_k", "1", *sampling[2:])
     for alt in (other, greedy):
         assert any(_audio(alt[n]) != _audio(reference[n]) for n in names)

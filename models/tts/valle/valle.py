@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -497,7 +498,7 @@ class VALLE(nn.Module):
         top_k: int = 1,
         top_p: float = 1.0,
         temperature: float = 1.0,
-        generator: torch.Generator | list[torch.Generator] | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         max_new_frames: torch.Tensor | int | None = None,
         min_new_frames: int = 1,
         continual: bool = False,
@@ -616,7 +617,7 @@ class VALLE(nn.Module):
         top_k: int,
         top_p: float,
         temperature: float,
-        generator: torch.Generator | list[torch.Generator] | None,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
         min_new_frames: int,
         use_kv_cache: bool,
         item_names: list[str],
@@ -643,10 +644,12 @@ class VALLE(nn.Module):
         ar_steps = 0
         new_frames = 0  # frames generated so far by every active item (they step together)
 
-        def generators(rows: list[int]) -> torch.Generator | list[torch.Generator] | None:
+        def generators(rows: list[int]) -> torch.Generator | Sequence[torch.Generator] | None:
             """The generator(s) for these active rows (per-item generators follow their item)."""
             return (
-                [generator[active[i]] for i in rows] if isinstance(generator, list) else generator
+                [generator[active[i]] for i in rows]
+                if isinstance(generator, Sequence)
+                else generator
             )
 
         def keep_rows(keep: list[int]) -> None:
@@ -725,7 +728,7 @@ class VALLE(nn.Module):
         top_k: int,
         top_p: float,
         temperature: float,
-        generator: torch.Generator | list[torch.Generator] | None,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """logits (B, V + 1) -> (sampled ids, stop) with Amphion's rule: stop if the argmax or
         the sample is EOS."""
