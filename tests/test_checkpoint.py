@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import utils.checkpoint as ckpt_module
 from models.tts.valle.valle import VALLE
 from utils.checkpoint import (
     CheckpointError,
@@ -22,6 +24,7 @@ from utils.checkpoint import (
     load_training_state,
     prune_checkpoints,
     read_best,
+    read_meta,
     read_model_config,
     remove_incomplete,
     resolve_checkpoint_dir,
@@ -113,6 +116,34 @@ def test_training_state_is_weights_only_and_pickles_refused(tmp_path):
         load_training_state(weights_only)
 
 
+@pytest.mark.parametrize("fmt", ["safetensors", "torch", "torch-legacy"])
+def test_truncated_files_are_named_incomplete_not_unsafe(tmp_path, fmt):
+    state = {"a": torch.randn(64, 64), "b": torch.arange(10)}
+    path = tmp_path / ("w.safetensors" if fmt == "safetensors" else "w.bin")
+    if fmt == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+    else:
+        torch.save(state, path, _use_new_zipfile_serialization=fmt == "torch")
+    data = path.read_bytes()
+    for size in (0, 5, 100, len(data) // 2, len(data) - 10):
+        path.write_bytes(data[:size])
+        with pytest.raises(CheckpointError) as caught:
+            load_tensor_file(path)
+        message = str(caught.value)
+        assert f"{path} is incomplete or corrupt" in message, (size, message)
+        assert "pick another checkpoint" in message and "pickled code" not in message
+
+
+def test_truncated_training_state_is_named_incomplete(tmp_path):
+    ckpt = save(tmp_path, 4, state={"step": 4, "rng": [torch.get_rng_state()]})
+    path = ckpt / "training_state.pt"
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match="training_state.pt is incomplete or corrupt"):
+        load_training_state(ckpt)
+
+
 def test_checkpoint_order_is_by_step_in_the_name():
     names = ["epoch-0002_step-0000900_loss-1.0", "final", "epoch-0010_step-0000100_loss-2.5"]
     ordered = sorted((Path(n) for n in names), key=checkpoint_order)
@@ -140,3 +171,98 @@ def test_config_differences_lists_each_changed_key():
         {"decoder_dim": 64, "nhead": 2, "nar_scale_factor": 1.0},
     )
     assert diffs == ["model.decoder_dim: 32 (checkpoint) -> 64 (config)"]
+
+
+class Killed(BaseException):
+    """Stands for a kill: raised at one step of a checkpoint replace, no cleanup runs after."""
+
+
+def _kill_at_step(monkeypatch, k: int) -> list[int]:
+    """Make the k-th file-system step of a commit (fsync, rename, exchange, delete) 'kill' the
+    process: os.replace / os.fsync / the exchange raise Killed before acting, shutil.rmtree
+    deletes one file and then raises (a kill in the middle of a delete). Returns the counter."""
+    count = [0]
+
+    def step(fn, partial: bool = False):
+        def run(*args, **kwargs):
+            count[0] += 1
+            if count[0] - 1 != k:
+                return fn(*args, **kwargs)
+            files = sorted(p for p in Path(args[0]).rglob("*") if p.is_file()) if partial else []
+            if files:
+                files[0].unlink()
+            raise Killed
+
+        return run
+
+    monkeypatch.setattr(os, "replace", step(os.replace))
+    monkeypatch.setattr(os, "fsync", step(os.fsync))
+    monkeypatch.setattr(shutil, "rmtree", step(shutil.rmtree, partial=True))
+    monkeypatch.setattr(ckpt_module, "_exchange", step(ckpt_module._exchange), raising=False)
+    return count
+
+
+def _complete(folder: Path) -> float:
+    """The step a complete checkpoint folder was saved with (every file present and whole)."""
+    assert read_meta(folder)["step"] == load_training_state(folder)["step"]
+    return float(load_tensor_file(folder / "model.safetensors")["w"][0])
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["exchange", "two-renames"])
+def test_a_kill_at_any_step_of_a_replace_leaves_a_complete_checkpoint(
+    tmp_path, monkeypatch, exchange
+):
+    name = checkpoint_name(0, 7, 1.0)
+    if not exchange:  # the portable path: final -> .old-, tmp -> final
+        monkeypatch.setattr(ckpt_module, "_exchange", lambda a, b: False, raising=False)
+
+    def attempt(exp: Path, k: int) -> int:
+        """Save step 1 under `name`, then replace it by step 2 with a kill at step k."""
+        weights = {"w": torch.ones(4)}
+        save_checkpoint(exp, name, weights, {"step": 1}, {"step": 1})
+        with monkeypatch.context() as m:
+            count = _kill_at_step(m, k)
+            try:
+                save_checkpoint(exp, name, {"w": 2 * torch.ones(4)}, {"step": 2}, {"step": 2})
+            except Killed:
+                pass
+        return count[0]
+
+    steps = attempt(tmp_path / "dry", k=10**6)  # no kill: count the steps
+    assert steps >= 5
+    saw_window = False
+    for k in range(steps + 1):
+        exp = tmp_path / f"kill{k}"
+        attempt(exp, k)
+        root = exp / "checkpoint"
+        if not (root / name).exists():  # between two renames: the old copy must be whole
+            saw_window = True
+            (old,) = root.glob(f".old-{name}-*")
+            assert _complete(old) == 1.0
+        remove_incomplete(exp)  # what the trainer runs at start
+        assert sorted(p.name for p in root.iterdir()) == [name], k
+        saved = _complete(root / name)  # the old or the new checkpoint, whole
+        assert saved == 2.0 if k >= steps else saved in (1.0, 2.0), k
+        assert list_checkpoints(exp) == [root / name]
+    assert saw_window == (not exchange)
+
+
+def test_atomic_writes_fsync_the_file_and_the_folder(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+
+    def record(fd):
+        synced.append(os.path.realpath(f"/proc/self/fd/{fd}"))
+        real_fsync(fd)
+
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc to name the fsynced files")
+    monkeypatch.setattr(os, "fsync", record)
+    write_best(tmp_path, "x")
+    assert any(Path(p).name.endswith("-best") for p in synced)  # the temporary file's data
+    assert str(tmp_path.resolve()) in synced  # the rename
+    synced.clear()
+    folder = save(tmp_path, 3, state={"step": 3})
+    for child in folder.iterdir():
+        assert any(Path(p).name == child.name for p in synced), child.name
+    assert str(folder.parent.resolve()) in synced

@@ -9,11 +9,8 @@ caps, outputs and error reporting. End-to-end runs go through `egs/tts/VALLE/run
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import math
-import os
 import subprocess
 from pathlib import Path
 
@@ -21,10 +18,21 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from safetensors.torch import save_file
+from inference_world import (
+    CKPT_NEW,
+    CKPT_OLD,
+    RUN_ENV,
+    SR,
+    TEXTS,
+    build_world,
+    check_result,
+    read_records,
+    run_sh,
+    run_sh_argv,
+    single,
+)
+from inference_world import main as run_main
 
-from bins.tts import inference as cli
-from models.codec.encodec import CodecTokenizer
 from models.tts.valle.inference import (
     InferenceError,
     Prepared,
@@ -37,154 +45,18 @@ from models.tts.valle.inference import (
     load_prompt,
     parse_test_list,
 )
-from models.tts.valle.valle import VALLE
 from preprocessors.g2p import phonemize
-from utils.config import REPO_ROOT, InferenceConfig, load_config, save_config
-from utils.symbol_table import SymbolTable, TextTokenizer
-
-SR = 24000
-TEXTS = [
-    "The quick brown fox jumps over the lazy dog.",
-    "She sells sea shells by the sea shore.",
-    "Please bring the letters to the office before noon.",
-    "A small boat waited at the end of the wooden pier.",
-    "Music drifted from the house.",
-    "Bright stars covered the sky.",
-    "Go to her.",
-    "One more line.",
-]
-CKPT_OLD = "epoch-0001_step-0000010_loss-5.000000"
-CKPT_NEW = "epoch-0002_step-0000020_loss-4.000000"
-
-
-def _tone(seconds: float, sr: int, freq: float, seed: int, channels: int = 1) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(seconds * sr)) / sr
-    mono = 0.3 * np.sin(2 * np.pi * freq * t) + 0.05 * rng.standard_normal(t.shape)
-    return np.stack([mono] * channels, axis=1).astype(np.float32)
-
-
-def _tiny_model(seed: int, model_cfg) -> VALLE:
-    torch.manual_seed(seed)
-    model = VALLE.from_config(model_cfg).eval()
-    with torch.no_grad():  # a random model rarely says EOS; make it stop at varied lengths
-        model.ar_predict_layer.weight[model.eos_id] *= 2.0
-    return model
-
-
-def _save_checkpoint(exp: Path, name: str, model: VALLE, model_cfg) -> None:
-    """Our checkpoint format, written by hand (utils/checkpoint.py docstring)."""
-    folder = exp / "checkpoint" / name
-    folder.mkdir(parents=True)
-    seen, state = set(), {}
-    for key, tensor in model.state_dict().items():  # tied tensors once
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        state[key] = tensor.contiguous().clone()
-    save_file(state, str(folder / "model.safetensors"))
-    meta = {"format": "codectts-valle-1", "model": dataclasses.asdict(model_cfg), "step": 1}
-    (folder / "meta.json").write_text(json.dumps(meta))
+from utils.config import REPO_ROOT, InferenceConfig, load_config
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A tiny experiment, prompts in several formats, and a recipe config for decoding."""
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("stage3")
-    processed = root / "processed"
-    codec = CodecTokenizer.build(pretrained=False, seed=0)
-    codec.kmeans_init_([torch.from_numpy(_tone(2.0, SR, 220.0, 0)[:, 0])])
-    codec.save(processed / "codec")
-
-    exp = root / "exp" / "tiny"
-    phones = {p for seq in phonemize(TEXTS + ["prompt " + t for t in TEXTS]) for p in seq}
-    table = SymbolTable.from_symbols(phones)
-    table.to_file(exp / "symbols.dict")
-    vocab = TextTokenizer(table).vocab_size
-    overrides = {
-        "preprocess": {"processed_dir": str(processed), "codec_pretrained": False},
-        "model": {
-            "decoder_dim": 16,
-            "nhead": 2,
-            "num_decoder_layers": 1,
-            "text_token_num": vocab,
-            "prefix_mode": 1,
-            "dropout": 0.0,
-        },
-        "inference": {"top_k": 50},  # an experiment's own inference section is NOT used
-    }
-    cfg = load_config(REPO_ROOT / "config" / "valle.json", overrides=overrides)
-    save_config(cfg, exp / "config.json")
-    _save_checkpoint(exp, CKPT_OLD, _tiny_model(1, cfg.model), cfg.model)
-    _save_checkpoint(exp, CKPT_NEW, _tiny_model(0, cfg.model), cfg.model)
-    (exp / "best").write_text(CKPT_OLD + "\n")
-
-    prompts = root / "lists" / "prompts"
-    prompts.mkdir(parents=True)
-    sf.write(prompts / "a.wav", _tone(1.2, SR, 200.0, 1), SR)
-    sf.write(prompts / "b.flac", _tone(1.0, 16000, 300.0, 2, channels=2), 16000)
-    sf.write(prompts / "long.wav", _tone(3.0, 22050, 250.0, 3), 22050)
-    (prompts / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunkjunk")
-
-    recipe = root / "recipe.json"
-    recipe.write_text(
-        json.dumps(
-            {
-                "base_config": str(REPO_ROOT / "config" / "valle.json"),
-                "inference": {
-                    "top_k": 1,
-                    "batch_size": 2,
-                    "max_frames_per_phone": 1.0,
-                    "max_seconds": 0.6,
-                    "max_prompt_seconds": 1.5,
-                },
-            }
-        )
-    )
-    return {"root": root, "exp": exp, "prompts": prompts, "recipe": recipe, "cfg": cfg}
+    return build_world(tmp_path_factory.mktemp("stage3"))
 
 
-def _records(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def _run_sh(world, out: Path, *args: str, cwd: Path = REPO_ROOT) -> subprocess.CompletedProcess:
-    """`sh run.sh --stage 3` with the test recipe config, experiment and output folder."""
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    common = ["--config", str(world["recipe"]), "--infer_expt_dir", str(world["exp"])]
-    return subprocess.run(
-        ["sh", str(REPO_ROOT / "egs" / "tts" / "VALLE" / "run.sh"), "--stage", "3", *common]
-        + ["--infer_output_dir", str(out), *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
-
-
-def _check_result(record: dict, out_dir: Path) -> None:
-    """A result line agrees with its wav file and with the configured caps."""
-    wav = Path(record["output"])
-    assert wav.parent == out_dir and wav.is_file()
-    info = sf.info(wav)
-    assert info.samplerate == SR and info.channels == 1
-    assert info.frames == record["frames"] * 320
-    assert record["seconds"] == pytest.approx(record["frames"] * 320 / SR, abs=1e-3)
-    cap = min(int(1.0 * record["text_ids"]) + 1, int(0.6 * 75))  # recipe.json caps
-    assert 1 <= record["frames"] <= cap
-    assert record["stop_reason"] in ("eos", "cap")
-    assert (record["stop_reason"] == "cap") == (record["frames"] == cap)
-    assert record["wall_time"] > 0 and record["rtf"] > 0
-
-
-# --------------------------------------------------------------------------- end to end (run.sh)
-
-
-def test_run_sh_single(world, tmp_path):
+def test_run_shsingle(world, tmp_path):
     out = tmp_path / "out"
-    proc = _run_sh(
+    proc = run_sh(
         world,
         out,
         "--infer_mode",
@@ -201,11 +73,11 @@ def test_run_sh_single(world, tmp_path):
     logs = proc.stdout + proc.stderr
     assert "RANDOM-INIT" in logs and "MEANINGLESS" in logs
     assert CKPT_NEW in logs  # latest checkpoint by default
-    (record,) = _records(out / "single" / "results.jsonl")
+    (record,) = read_records(out / "single" / "results.jsonl")
     assert record["output"] == str(out / "single" / "the_quick_brown_fox_jumps_over_the_lazy.wav")
     assert record["text"] == TEXTS[0] and record["text_prompt"] == "prompt " + TEXTS[1]
     assert record["audio_prompt"] == str(world["prompts"] / "b.flac")
-    _check_result(record, out / "single")
+    check_result(record, out / "single")
     assert "Successfully finished" in logs
 
 
@@ -220,12 +92,12 @@ def test_run_sh_batch_reports_bad_lines_and_writes_good_ones(world, tmp_path):
         f"prompt {TEXTS[4]}|prompts/a.wav|prompts/b.flac",  # 6: ambiguous order
         f"|prompt {TEXTS[5]}|prompts/a.wav",  # 7: empty text
         f"{TEXTS[6]}|prompt {TEXTS[7]}|prompts/corrupt.wav",  # 8: unreadable audio
-        f"{TEXTS[5]}|prompt {TEXTS[6]}|prompts/long.wav",  # 9: trimmed prompt
+        f"{TEXTS[5]}|prompt {TEXTS[6]}|prompts/long.wav",  # 9: prompt over max_prompt_seconds
     ]
     test_list = world["root"] / "lists" / "mixed.txt"
     test_list.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out"
-    proc = _run_sh(
+    proc = run_sh(
         world,
         out,
         "--infer_mode",
@@ -242,74 +114,50 @@ def test_run_sh_batch_reports_bad_lines_and_writes_good_ones(world, tmp_path):
     assert "line 6: ambiguous field order" in logs
     assert "line 7: empty text" in logs
     assert "line 8: audio prompt" in logs and "corrupt.wav" in logs
-    assert "longer than inference.max_prompt_seconds" in logs and "long.wav" in logs
-    records = _records(out / "batch" / "results.jsonl")
+    # A long prompt is refused, not silently cut (its transcript would no longer match).
+    assert "line 9: audio prompt" in logs and "long.wav is 3.00 s" in logs
+    assert "give the transcript of the part you keep" in logs
+    assert "--infer_trim_long_prompts true" in logs
+    records = read_records(out / "batch" / "results.jsonl")
     good = {r["name"]: r for r in records if "error" not in r}
-    assert set(good) == {"2", "named_out", "9"}
+    assert set(good) == {"2", "named_out"}
     for record in good.values():
-        _check_result(record, out / "batch")
+        check_result(record, out / "batch")
     assert good["2"]["text"] == TEXTS[0] and good["2"]["text_prompt"] == "prompt " + TEXTS[1]
     assert good["named_out"]["text"] == TEXTS[3]
     assert good["named_out"]["text_prompt"] == "prompt " + TEXTS[2]
     assert good["2"]["audio_prompt"] == str(prompts / "a.wav")  # relative to the list file
-    assert good["9"]["prompt_frames"] == math.ceil(1.5 * SR / 320)  # trimmed to 1.5 s
-    assert sorted(r["line"] for r in records if "error" in r) == [5, 6, 7, 8]
-    assert sorted(p.name for p in (out / "batch").glob("*.wav")) == [
-        "2.wav",
-        "9.wav",
-        "named_out.wav",
-    ]
+    assert sorted(r["line"] for r in records if "error" in r) == [5, 6, 7, 8, 9]
+    assert sorted(p.name for p in (out / "batch").glob("*.wav")) == ["2.wav", "named_out.wav"]
 
 
 # --------------------------------------------------------------------------- in process
 
 
-def _main(world, out: Path, *extra: str) -> int:
-    return cli.main(
-        [
-            "--config",
-            str(world["recipe"]),
-            "--expt_dir",
-            str(world["exp"]),
-            "--output_dir",
-            str(out),
-            "--progress",
-            "false",
-            *extra,
-        ]
-    )
-
-
-def _single(world, out: Path, *extra: str, text: str = TEXTS[2], audio: Path | None = None) -> int:
-    audio = audio or world["prompts"] / "a.wav"
-    args = ["--mode", "single", "--text", text, "--text_prompt", "prompt " + TEXTS[3]]
-    return _main(world, out, *args, "--audio_prompt", str(audio), *extra)
-
-
 def test_outputs_are_never_overwritten_silently(world, tmp_path):
     out = tmp_path / "out"
-    assert _single(world, out) == 0
+    assert single(world, out) == 0
     first = out / "single" / "please_bring_the_letters_to_the_office.wav"
     original = first.read_bytes()
-    assert _single(world, out, "--seed", "3", "--top_k", "20") == 0  # different audio
+    assert single(world, out, "--seed", "3", "--top_k", "20") == 0  # different audio
     (second,) = (out / "single-2").glob("*.wav")
     assert first.read_bytes() == original  # the first run is untouched
     assert second.read_bytes() != original
-    assert _single(world, out, "--seed", "3", "--top_k", "20", "--overwrite", "true") == 0
+    assert single(world, out, "--seed", "3", "--top_k", "20", "--overwrite", "true") == 0
     assert first.read_bytes() == second.read_bytes()  # reused (and replaced) only when asked
-    assert len(_records(out / "single" / "results.jsonl")) == 1
+    assert len(read_records(out / "single" / "results.jsonl")) == 1
     assert not (out / "single-3").exists()
 
 
 def test_batches_give_the_same_codes_as_batch_size_1(world, tmp_path):
     audio = ["a.wav", "b.flac"]
     lines = [f"{t}|prompt {TEXTS[(i + 1) % 8]}|prompts/{audio[i % 2]}" for i, t in enumerate(TEXTS)]
-    lines[3] = f"prompt {TEXTS[0]}|prompts/long.wav|{TEXTS[3]}"  # code order, trimmed prompt
+    lines[3] = f"prompt {TEXTS[0]}|prompts/long.wav|{TEXTS[3]}"  # code order, long prompt
     test_list = world["root"] / "lists" / "eight.txt"
     test_list.write_text("\n".join(lines) + "\n")
     runs = {}
     for bs in ("1", "4"):
-        rc = _main(
+        rc = run_main(
             world,
             tmp_path / bs,
             "--mode",
@@ -318,9 +166,11 @@ def test_batches_give_the_same_codes_as_batch_size_1(world, tmp_path):
             str(test_list),
             "--batch_size",
             bs,
+            "--trim_long_prompts",  # line 4's 3 s prompt is cut to 1.5 s, as asked
+            "true",
         )
         assert rc == 0
-        runs[bs] = {r["name"]: r for r in _records(tmp_path / bs / "batch" / "results.jsonl")}
+        runs[bs] = {r["name"]: r for r in read_records(tmp_path / bs / "batch" / "results.jsonl")}
     assert set(runs["1"]) == {str(i) for i in range(1, 9)}
     assert {r["batch_size"] for r in runs["4"].values()} == {4}  # really decoded 4 at a time
     reasons = {r["stop_reason"] for r in runs["4"].values()}
@@ -328,14 +178,15 @@ def test_batches_give_the_same_codes_as_batch_size_1(world, tmp_path):
     for name, one in runs["1"].items():
         four = runs["4"][name]
         assert (one["frames"], one["stop_reason"]) == (four["frames"], four["stop_reason"])
-        _check_result(four, tmp_path / "4" / "batch")
+        check_result(four, tmp_path / "4" / "batch")
         assert Path(one["output"]).read_bytes() == Path(four["output"]).read_bytes(), name
+    assert runs["1"]["4"]["prompt_frames"] == math.ceil(1.5 * SR / 320)  # trimmed to 1.5 s
 
 
 def test_continual_mode(world, tmp_path):
     test_list = world["root"] / "lists" / "continual.txt"
     test_list.write_text(f"prompt {TEXTS[0]}|prompts/a.wav\n{TEXTS[1]}|prompts/b.flac|cont\n")
-    rc = _main(
+    rc = run_main(
         world,
         tmp_path,
         "--mode",
@@ -346,7 +197,7 @@ def test_continual_mode(world, tmp_path):
         "true",
     )
     assert rc == 0
-    records = {r["name"]: r for r in _records(tmp_path / "batch" / "results.jsonl")}
+    records = {r["name"]: r for r in read_records(tmp_path / "batch" / "results.jsonl")}
     assert set(records) == {"1", "cont"}
     for r in records.values():
         # Amphion's continual: the first min(P/2, 225) frames are the prompt, the rest is redone.
@@ -356,10 +207,10 @@ def test_continual_mode(world, tmp_path):
 
 
 def test_single_mode_errors_name_the_problem(world, tmp_path, capsys):
-    rc = _single(world, tmp_path, audio=tmp_path / "nope.wav")
+    rc = single(world, tmp_path, audio=tmp_path / "nope.wav")
     assert rc == 1
     assert f"audio prompt not found: {tmp_path / 'nope.wav'}" in capsys.readouterr().err
-    rc = _single(world, tmp_path, text="Zebra quartz xylophone?")  # phones the table lacks
+    rc = single(world, tmp_path, text="Zebra quartz xylophone?")  # phones the table lacks
     assert rc == 1
     err = capsys.readouterr().err
     assert "is not in the symbol table" in err and "Zebra quartz xylophone?" in err
@@ -468,15 +319,17 @@ def test_text_frontend_joins_prompt_and_text_like_amphion(world, tmp_path, caplo
 
 def test_load_prompt_resamples_downmixes_trims_and_names_bad_files(world, caplog):
     prompts = world["prompts"]
-    wav = load_prompt(prompts / "b.flac", SR, 10.0)  # 16 kHz stereo, 1 s
+    wav = load_prompt(prompts / "b.flac", SR, 10.0, trim=False)  # 16 kHz stereo, 1 s
     assert wav.dim() == 1 and wav.numel() == SR
     with caplog.at_level(logging.WARNING):
-        wav = load_prompt(prompts / "long.wav", SR, 1.5)  # 3 s at 22.05 kHz
+        wav = load_prompt(prompts / "long.wav", SR, 1.5, trim=True)  # 3 s at 22.05 kHz
     assert wav.numel() == int(1.5 * SR) and "long.wav" in caplog.text
     with pytest.raises(InferenceError, match="corrupt.wav"):
-        load_prompt(prompts / "corrupt.wav", SR, 10.0)
+        load_prompt(prompts / "corrupt.wav", SR, 10.0, trim=False)
     with pytest.raises(InferenceError, match="missing.wav: file not found"):
-        load_prompt(prompts / "missing.wav", SR, 10.0)
+        load_prompt(prompts / "missing.wav", SR, 10.0, trim=False)
+    with pytest.raises(InferenceError, match="long.wav is 3.00 s.*trim_long_prompts"):
+        load_prompt(prompts / "long.wav", SR, 1.5, trim=False)  # never cut silently
 
 
 def test_frame_caps_smallest_wins():
@@ -496,11 +349,49 @@ def test_batches_are_sorted_by_expected_length():
     assert got == [["b", "c", "d"], ["a"]]
 
 
-def test_claim_run_dir(tmp_path):
+def test_claim_run_dir_never_hands_out_a_folder_twice(tmp_path):
     assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch"
-    (tmp_path / "batch" / "1.wav").write_bytes(b"x")
+    assert (tmp_path / "batch" / "results.jsonl").is_file()  # the claim
+    # Claimed, even before it holds any output: a run started at the same time goes elsewhere.
     assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch-2"
-    assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch-2"  # still empty: reused
-    (tmp_path / "batch-2" / "1.wav").write_bytes(b"x")
     assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch-3"
-    assert claim_run_dir(tmp_path, "batch", True) == tmp_path / "batch"
+    (tmp_path / "batch-4").mkdir()  # empty: a run that stopped before claiming it
+    assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch-4"
+    (tmp_path / "batch-5").mkdir()
+    (tmp_path / "batch-5" / "notes.txt").write_text("x")  # not ours: left alone
+    assert claim_run_dir(tmp_path, "batch", False) == tmp_path / "batch-6"
+    assert claim_run_dir(tmp_path, "batch", True) == tmp_path / "batch"  # asked for
+
+
+def test_concurrent_runs_into_one_output_dir_never_mix(world, tmp_path):
+    """Two stage-3 processes started together with the same --infer_output_dir."""
+    out = tmp_path / "out"
+    (out / "batch").mkdir(parents=True)  # an empty folder both see as free
+    lists = {}
+    for run, texts in (("a", TEXTS[:2]), ("b", TEXTS[2:4])):
+        lists[run] = world["root"] / "lists" / f"concurrent_{run}.txt"
+        lines = [f"{t}|prompt {TEXTS[7]}|prompts/a.wav|{run}{i}" for i, t in enumerate(texts)]
+        lists[run].write_text("\n".join(lines) + "\n")
+    procs = [
+        subprocess.Popen(
+            run_sh_argv(world, out, "--infer_mode", "batch", "--infer_test_list_file", str(lst)),
+            cwd=REPO_ROOT,
+            env=RUN_ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for lst in lists.values()
+    ]
+    for proc in procs:
+        logs = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, logs[-3000:]
+    runs = {}
+    for run_dir in sorted(out.iterdir()):
+        records = read_records(run_dir / "results.jsonl")
+        names = {r["name"] for r in records}
+        assert all(Path(r["output"]).parent == run_dir for r in records)
+        assert {p.stem for p in run_dir.glob("*.wav")} == names, run_dir
+        runs[run_dir.name] = names
+    assert sorted(runs.values(), key=sorted) == [{"a0", "a1"}, {"b0", "b1"}]
+    assert set(runs) == {"batch", "batch-2"}

@@ -175,3 +175,24 @@ def test_weights_that_do_not_fit_the_config_are_named(tmp_path):
     source = find_model_source(release, "latest", load_config(REPO_ROOT / "config" / "valle.json"))
     with pytest.raises(InferenceError, match="model.safetensors: the weights do not fit"):
         load_model(source, "cpu")
+
+
+@pytest.mark.parametrize("kind", ["safetensors", "bin"])
+def test_truncated_weights_are_reported_as_incomplete_by_stage_3(tmp_path, capsys, kind):
+    release = make_release(tmp_path / "cut_release", kind)
+    name = "model.safetensors" if kind == "safetensors" else "pytorch_model.bin"
+    weights = release / "checkpoint" / CKPT_NAME / name
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])  # an interrupted download
+    prompt = tmp_path / "p.wav"
+    prompt.write_bytes(b"RIFF")  # never read: loading the model fails first
+    rc = cli.main(
+        ["--config", str(REPO_ROOT / "config" / "valle.json"), "--expt_dir", str(release),
+         "--mode", "single", "--text", "hello", "--text_prompt", "hi",
+         "--audio_prompt", str(prompt), "--progress", "false"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert f"{weights} is incomplete or corrupt" in err
+    assert "Download or copy it again, or pick another checkpoint" in err
+    assert "pickled code" not in err and "Traceback" not in err

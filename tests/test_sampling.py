@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import inspect
 import math
+import re
 
 import torch
 
+from models.tts.valle.valle import VALLE, pad_1d
 from modules.sampling import filter_logits, sample
+from utils.config import REPO_ROOT, InferenceConfig, read_json5
 
 
 def kept(logits: torch.Tensor) -> list[set[int]]:
@@ -85,3 +89,81 @@ def test_temperature_sharpens_and_flattens():
     # p(best) = sigmoid(2 / T): 0.9997 at T = 0.25, 0.62 at T = 4.
     assert cold > 0.99
     assert abs(warm - 1 / (1 + math.exp(-0.5))) < 0.03
+
+
+def test_per_row_generators_make_each_row_independent_of_the_batch():
+    logits = torch.randn(3, 100)
+
+    def gens(seeds):
+        return [torch.Generator().manual_seed(s) for s in seeds]
+
+    batched = sample(logits, top_k=20, generator=gens([11, 12, 13]))
+    alone = [int(sample(logits[b : b + 1], top_k=20, generator=gens([11 + b]))) for b in range(3)]
+    assert batched.tolist() == alone
+    flipped = sample(logits.flip(0), top_k=20, generator=gens([13, 12, 11]))
+    assert flipped.flip(0).tolist() == alone
+
+
+def _tiny_valle() -> VALLE:
+    torch.manual_seed(0)
+    model = VALLE(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=20, dropout=0.0)
+    with torch.no_grad():  # say EOS often, so items stop early and leave the batch
+        model.ar_predict_layer.weight[model.eos_id] *= 3.0
+    return model.eval()
+
+
+def _generate(model, items, seeds, **kwargs):
+    texts, prompts = [t for t, _ in items], [p for _, p in items]
+    return model.generate(
+        pad_1d(texts),
+        torch.tensor([len(t) for t in texts]),
+        pad_1d(prompts),
+        torch.tensor([len(p) for p in prompts]),
+        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        **kwargs,
+    )
+
+
+def test_sampled_generation_of_an_item_does_not_depend_on_its_batch():
+    """Per-item generators: batched == alone == reordered, with items leaving the batch at
+    different steps and early EOS re-decided (min_new_frames) for some of them."""
+    model = _tiny_valle()
+    g = torch.Generator().manual_seed(3)
+    items = [
+        (torch.randint(0, 20, (n,), generator=g), torch.randint(0, 1024, (p, 8), generator=g))
+        for n, p in ((5, 7), (8, 3), (3, 12), (6, 5))
+    ]
+    seeds = [101, 102, 103, 104]
+    kwargs = dict(top_k=5, temperature=1.3, max_new_frames=30, min_new_frames=4)
+    batched = _generate(model, items, seeds, **kwargs)
+    assert len({len(c) for c in batched.codes}) > 1  # items really left at different steps
+    for b in range(4):
+        alone = _generate(model, items[b : b + 1], seeds[b : b + 1], **kwargs)
+        assert torch.equal(alone.codes[0], batched.codes[b]), f"item {b}"
+    order = [2, 0, 3, 1]
+    shuffled = _generate(model, [items[i] for i in order], [seeds[i] for i in order], **kwargs)
+    for i, b in enumerate(order):
+        assert torch.equal(shuffled.codes[i], batched.codes[b]), f"item {b}"
+    other = _generate(model, items, [s + 1 for s in seeds], **kwargs)  # seeds matter
+    assert any(not torch.equal(a, b) for a, b in zip(other.codes, batched.codes, strict=True))
+
+
+def test_top_k_defaults_are_the_ones_the_readme_documents():
+    """One default per entry point (stage 3 config, VALLE.generate, VALLE.inference), each the
+    value README's "Decoding defaults" table gives."""
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    table = readme[readme.index("**Decoding defaults (`top_k`).**") :].split("\n\n")[1]
+    documented = dict(re.findall(r"^\| (.+?) \| `(-?\d+)`", table, re.M))
+    assert len(documented) == 3, documented
+
+    def row(name: str) -> int:
+        (value,) = [int(v) for k, v in documented.items() if name in k]
+        return value
+
+    def default(fn) -> int:
+        return inspect.signature(fn).parameters["top_k"].default
+
+    assert row("VALLE.generate") == default(VALLE.generate) == 1
+    assert row("VALLE.inference") == default(VALLE.inference) == -100
+    shipped = read_json5(REPO_ROOT / "config" / "valle.json")["inference"]["top_k"]
+    assert row("stage 3") == shipped == InferenceConfig().top_k

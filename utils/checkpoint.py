@@ -13,9 +13,11 @@ Layout of one of our checkpoints (the folder name is the one released Amphion ch
                                 "nar_stage", "nar_prefix"}, "counters": {...}}
     <exp>/best                 text file: the folder name of the best checkpoint by valid_loss
 
-A folder is written under a temporary name (`.tmp-...`) and renamed when complete, so a kill at any
-moment leaves only complete checkpoints under their final names. `save_checkpoint` writes one,
-`prune_checkpoints` keeps the newest `keep_last` plus the one `best` names.
+A folder is written under a temporary name (`.tmp-...`), fsynced, and renamed when complete, so a
+kill at any moment leaves only complete checkpoints under their final names (`atomic_directory`
+says how an existing folder is replaced without a moment where no complete copy exists).
+`remove_incomplete` repairs what a kill left. `save_checkpoint` writes one, `prune_checkpoints`
+keeps the newest `keep_last` plus the one `best` names.
 
 Released Amphion folders (`<release>/args.json` + `<release>/checkpoint/<name>/pytorch_model.bin`
 or `model.safetensors`) are found by `resolve_checkpoint_dir` too; `read_model_config` reads their
@@ -24,10 +26,14 @@ model section from `args.json`.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
+import pickle
 import re
 import shutil
+import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,7 +42,9 @@ from pathlib import Path
 import torch
 
 from utils.config import read_json5
-from utils.fileio import atomic_write_text
+from utils.fileio import atomic_write_text, fsync_dir, fsync_file
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "codectts-valle-1"
 CHECKPOINT_RE = re.compile(r"^epoch-(\d+)_step-(\d+)_loss-([0-9.]+|nan|inf)$")
@@ -50,27 +58,49 @@ def checkpoint_name(epoch: int, step: int, loss: float) -> str:
     return f"epoch-{epoch:04d}_step-{step:07d}_loss-{loss:.6f}"
 
 
-def load_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Load a state dict from .safetensors or a torch file, never executing pickled code.
+def _corrupt(path: Path, error: Exception) -> CheckpointError:
+    first_line = (str(error).splitlines() or [""])[0][:200]
+    return CheckpointError(
+        f"{path} is incomplete or corrupt ({type(error).__name__}: {first_line}); it was "
+        "probably cut short by an interrupted download, copy or save. Download or copy it "
+        "again, or pick another checkpoint (run.sh --infer_checkpoint, or --infer_expt_dir / "
+        "--resume_from_ckpt_path naming another checkpoint folder)."
+    )
 
-    torch files are read with `weights_only=True`: a file that needs arbitrary objects (a pickle
-    that could run code) is refused with a message instead of being unpickled.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
 
-        return load_file(str(path))
+def _torch_load(path: Path) -> object:
+    """torch.load(weights_only=True); CheckpointError telling an unsafe file from a broken one."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError (or others) for unsafe content
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        if not (isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e)):
+            raise _corrupt(path, e) from None  # truncated zip / pickle, bad bytes, ...
         raise CheckpointError(
             f"refusing to load {path}: it is not a plain tensor file and loading it would need "
             f"to execute pickled code ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
             "Only load weights from sources you trust; convert them to .safetensors first."
         ) from None
+
+
+def load_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Load a state dict from .safetensors or a torch file, never executing pickled code.
+
+    torch files are read with `weights_only=True`: a file that needs arbitrary objects (a pickle
+    that could run code) is refused with a message instead of being unpickled. A truncated or
+    damaged file is a CheckpointError naming it and saying what to do.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError) as e:
+            raise _corrupt(path, e) from None
+    obj = _torch_load(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -78,12 +108,61 @@ def load_tensor_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return obj
 
 
+_OLD_RE = re.compile(r"^\.old-(.+)-[0-9a-f]{8}$")  # the previous copy during a replace
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two folders atomically (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # no such libc symbol (glibc < 2.28, musl)
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    path, fd = ctypes.c_char_p, ctypes.c_int
+    renameat2.argtypes = [fd, path, fd, path, ctypes.c_uint]
+    # Non-zero, e.g. EINVAL where the file system cannot exchange: the caller renames instead.
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def _commit(tmp: Path, final: Path) -> None:
+    """Make the complete folder `tmp` the folder `final`.
+
+    A complete copy is findable at every instant. New `final`: one rename. Replacing `final`:
+    an atomic exchange where the OS has one (the old copy then sits under the `.tmp-` name and is
+    deleted); otherwise `final` -> `.old-<name>-<id>`, `tmp` -> `final`, delete the `.old-`
+    folder, and a kill between the two renames leaves the complete old copy as `.old-<name>-*`
+    with no `<name>`, which `remove_incomplete` renames back. No cleanup runs here on a failure:
+    whatever a failure or a kill leaves, `remove_incomplete` repairs.
+    """
+    for child in tmp.rglob("*"):  # contents on disk before a rename makes them visible
+        if child.is_file():
+            fsync_file(child)
+    fsync_dir(tmp)
+    if not final.exists():
+        os.replace(tmp, final)
+    elif _exchange(tmp, final):
+        fsync_dir(final.parent)
+        shutil.rmtree(tmp)  # now holds the old copy
+    else:
+        old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, old)
+        fsync_dir(final.parent)
+        os.replace(tmp, final)
+        fsync_dir(final.parent)
+        shutil.rmtree(old)
+    fsync_dir(final.parent)
+
+
 @contextmanager
 def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder; rename it to `final` only if the block completes.
+    """Yield a temporary sibling folder; it becomes `final` only if the block completes.
 
-    On any exception (or a kill) the final name is untouched: either the complete new folder or
-    nothing is there. An existing `final` is replaced only after the new one is complete.
+    An exception in the block deletes the temporary folder; a kill leaves it, and
+    `remove_incomplete` deletes it. Either way `final` is untouched. An existing `final` is
+    replaced only after the new folder is complete and on disk, such that a complete copy
+    (new or old) can always be found (see `_commit`).
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -91,20 +170,10 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        for child in tmp.iterdir():  # flush file contents before the rename makes them visible
-            if child.is_file():
-                with open(child, "rb") as f:
-                    os.fsync(f.fileno())
-        if final.exists():
-            old = final.parent / f".old-{final.name}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, old)
-            os.replace(tmp, final)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _commit(tmp, final)
 
 
 def list_checkpoints(exp_dir: str | os.PathLike) -> list[Path]:
@@ -171,14 +240,28 @@ def save_checkpoint(
 
 
 def remove_incomplete(exp_dir: str | os.PathLike) -> list[Path]:
-    """Delete leftovers of interrupted writes (`.tmp-*` / `.old-*` folders); return them."""
+    """Repair what interrupted writes left in `<exp>/checkpoint`; return the deleted folders.
+
+    A `.old-<name>-*` folder whose `<name>` is missing is the complete previous copy of a replace
+    killed between its two renames (`_commit`): it is renamed back to `<name>`. Every other
+    `.tmp-*` (unfinished write), `.old-*` (replaced copy) and `.del-*` (pruning) folder is deleted.
+    Call it only when no other process writes checkpoints into this experiment.
+    """
     root = Path(exp_dir) / "checkpoint"
+    if not root.is_dir():
+        return []
     removed = []
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.is_dir() and child.name.startswith((".tmp-", ".old-")):
-                shutil.rmtree(child, ignore_errors=True)
-                removed.append(child)
+    for child in sorted(root.iterdir()):
+        if not child.is_dir():
+            continue
+        old = _OLD_RE.match(child.name)
+        if old and not (root / old.group(1)).exists():
+            os.replace(child, root / old.group(1))
+            fsync_dir(root)
+            logger.warning("restored checkpoint %s (a replace was interrupted)", old.group(1))
+        elif child.name.startswith((".tmp-", ".old-", ".del-")):
+            shutil.rmtree(child, ignore_errors=True)
+            removed.append(child)
     return removed
 
 
@@ -202,7 +285,7 @@ def prune_checkpoints(exp_dir: str | os.PathLike, keep_last: int) -> list[Path]:
     doomed = [p for p in ckpts[: max(len(ckpts) - keep_last, 0)] if p != best]
     for path in doomed:
         # rename first so a kill mid-delete never leaves a half-deleted folder under a valid name
-        tmp = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
+        tmp = path.parent / f".del-{path.name}-{uuid.uuid4().hex[:8]}"
         os.replace(path, tmp)
         shutil.rmtree(tmp, ignore_errors=True)
     return doomed
@@ -259,10 +342,7 @@ def load_training_state(ckpt_dir: str | os.PathLike) -> dict:
             f"{ckpt_dir}: no {TRAINING_STATE}, so it cannot be resumed exactly "
             "(a released or weights-only checkpoint): use --resume_type finetune"
         )
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"cannot load {path} safely: {type(e).__name__}: {e}") from None
+    return _torch_load(path)
 
 
 def read_model_config(ckpt_dir: str | os.PathLike) -> tuple[dict, Path]:

@@ -211,7 +211,7 @@ class InferenceConfig:
     top_k: int = 100  # sample from the k most likely codes (1 = greedy)
     top_p: float = 1.0  # nucleus sampling mass (1.0 = off)
     temperature: float = 1.0  # softmax temperature
-    seed: int = 0  # sampling seed (same seed, same output)
+    seed: int = 0  # sampling seed; each utterance's own seed = hash(seed, output name)
     batch_size: int = 8  # test-list lines decoded together
     continual: bool = False  # continue the prompt's own utterance (text_prompt|audio_prompt)
     use_kv_cache: bool = True  # false = reference path that recomputes every frame
@@ -219,7 +219,8 @@ class InferenceConfig:
     max_frames: int = 0  # absolute cap in frames (0 = off; the smaller cap wins)
     max_seconds: float = 0.0  # absolute cap in seconds (0 = off; the smaller cap wins)
     min_frames: int = 1  # EOS is suppressed before this many frames (with a warning)
-    max_prompt_seconds: float = 10.0  # longer audio prompts are trimmed (with a warning)
+    max_prompt_seconds: float = 10.0  # longer audio prompts are refused (see trim_long_prompts)
+    trim_long_prompts: bool = False  # true = cut long prompts to max_prompt_seconds (text kept!)
     drop_unknown_phones: bool = False  # drop phones missing from the table instead of failing
     checkpoint: str = "latest"  # which checkpoint of an experiment: "latest" or "best"
 

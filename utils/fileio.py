@@ -1,8 +1,10 @@
-"""Atomic file writes: write under a hidden temporary sibling name, then rename.
+"""Durable atomic writes: write under a hidden temporary sibling name, fsync, then rename.
 
-A kill at any moment leaves either the previous complete file or the new complete file under the
-final name, never a truncated one. The temporary name keeps the final name's extension, so
-format-sniffing writers (lhotse's `.jsonl.gz`, soundfile's `.wav`) still work on it.
+A kill (or a power loss) at any moment leaves either the previous complete file or the new
+complete file under the final name, never a truncated one: the data is fsynced before the
+rename makes it visible, and the folder is fsynced after it so the rename itself is on disk.
+The temporary name keeps the final name's extension, so format-sniffing writers (lhotse's
+`.jsonl.gz`, soundfile's `.wav`) still work on it.
 """
 
 from __future__ import annotations
@@ -14,6 +16,25 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    """Flush a file's contents to disk (a file written and closed by someone else)."""
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Flush a folder's entries (creations, renames) to disk; a no-op where folders cannot be
+    opened (Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (PermissionError, IsADirectoryError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path to write; it replaces `path` only if the block completes."""
@@ -22,7 +43,9 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         yield tmp
+        fsync_file(tmp)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
 

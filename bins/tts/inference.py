@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from models.tts.valle.inference import (
+    RESULTS,
     InferenceError,
     ModelSource,
     Synthesizer,
@@ -67,6 +68,7 @@ OVERRIDES = {
     "batch_size": int,
     "continual": str2bool,
     "max_seconds": float,
+    "trim_long_prompts": str2bool,
 }
 
 
@@ -154,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
     synth = Synthesizer(model, source, codec, inf, device)
     start = time.perf_counter()
     totals = {"n": 0, "seconds": 0.0}
-    with open(run_dir / "results.jsonl", "w", encoding="utf-8") as results:
+    with open(run_dir / RESULTS, "w", encoding="utf-8") as results:
 
         def on_result(result) -> None:
             write_jsonl_line(results, result.record())
@@ -179,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
         totals["seconds"],
         wall,
         rtf,
-        run_dir / "results.jsonl",
+        run_dir / RESULTS,
     )
     log.info("time: %s", ", ".join(f"{k} {v:.2f} s" for k, v in synth.timings.items()))
     if codec.is_random_init:

@@ -40,6 +40,7 @@ infer_seed=""                      # stage 3: override inference.seed
 infer_batch_size=""                # stage 3: override inference.batch_size
 infer_continual=""                 # stage 3: true = continue the prompt utterance
 infer_max_seconds=""               # stage 3: override inference.max_seconds (length cap)
+infer_trim_long_prompts=""         # stage 3: true = cut prompts over max_prompt_seconds
 overwrite=false                    # stage 3: write into an existing output dir
 num_workers=""                     # stage 1: override preprocess.num_workers
 
@@ -72,6 +73,7 @@ Runs the VALL-E recipe stages --stage .. --stop_stage. Options (default in brack
       --infer_batch_size B      stage 3: lines decoded together [inference.batch_size]
       --infer_continual BOOL    stage 3: continue the prompt utterance [inference.continual]
       --infer_max_seconds S     stage 3: cap on generated seconds [inference.max_seconds]
+      --infer_trim_long_prompts B stage 3: cut long prompts [inference.trim_long_prompts]
       --overwrite true|false    stage 3: reuse an existing output folder [false]
       --num_workers N           stage 1: worker processes [preprocess.num_workers]
   -h, --help                    print this help
@@ -92,7 +94,7 @@ known=" config name stage stop_stage gpu model_train_stage ar_model_ckpt_dir res
   resume_from_ckpt_path resume_type infer_expt_dir infer_output_dir infer_mode
   infer_test_list_file infer_text infer_text_prompt infer_audio_prompt infer_checkpoint
   infer_top_k infer_top_p infer_temperature infer_seed infer_batch_size infer_continual
-  infer_max_seconds overwrite num_workers "
+  infer_max_seconds infer_trim_long_prompts overwrite num_workers "
 known=$(echo $known)
 while [ $# -gt 0 ]; do
   arg=$1
@@ -183,7 +185,8 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     --text_prompt "$infer_text_prompt" --audio_prompt "$infer_audio_prompt" \
     --checkpoint "$infer_checkpoint" --top_k "$infer_top_k" --top_p "$infer_top_p" \
     --temperature "$infer_temperature" --seed "$infer_seed" --batch_size "$infer_batch_size" \
-    --continual "$infer_continual" --max_seconds "$infer_max_seconds")
+    --continual "$infer_continual" --max_seconds "$infer_max_seconds" \
+    --trim_long_prompts "$infer_trim_long_prompts")
   python bins/tts/inference.py --config "$config" --expt_dir "$infer_expt_dir" \
     --mode "$infer_mode" --overwrite "$overwrite" ${extra[@]+"${extra[@]}"}
 fi

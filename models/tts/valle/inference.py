@@ -12,11 +12,15 @@ Which config is used for what:
   recipe config given with `--config` plus the command-line overrides. A saved experiment config's
   own `inference` section is never used, so the same command line means the same decoding for
   any checkpoint.
+
+Sampling: every utterance has its own generator, seeded by `utterance_seed(inference.seed, name)`,
+so its output does not depend on the batch size, the list order or the other lines.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -46,6 +50,9 @@ from utils.config import Config, InferenceConfig, ModelConfig, config_from_dict,
 from utils.symbol_table import TextTokenizer
 
 log = logging.getLogger(__name__)
+
+
+RESULTS = "results.jsonl"  # one line per utterance or failure, in each run folder
 
 
 class InferenceError(RuntimeError):
@@ -392,24 +399,46 @@ class TextFrontend:
         return self.tokenizer.encode(phones)
 
 
-def load_prompt(path: Path, sample_rate: int, max_seconds: float) -> torch.Tensor:
-    """Prompt audio as 1-D float at `sample_rate` (mono), trimmed to max_seconds with a warning."""
+def load_prompt(path: Path, sample_rate: int, max_seconds: float, trim: bool) -> torch.Tensor:
+    """Prompt audio as 1-D float at `sample_rate` (mono).
+
+    A prompt longer than max_seconds is refused (InferenceError), because cutting the audio
+    leaves its transcript describing audio the model no longer sees; with `trim` (the user's
+    explicit inference.trim_long_prompts) it is cut to its first max_seconds, with a warning.
+    """
     try:
         wav = load_audio(path, sample_rate)
     except AudioError as e:
         raise InferenceError(f"audio prompt {e}") from None
     limit = int(max_seconds * sample_rate)
-    if wav.numel() > limit:
-        log.warning(
-            "audio prompt %s is %.2f s, longer than inference.max_prompt_seconds = %.2f s: "
-            "using its first %.2f s",
-            path,
-            wav.numel() / sample_rate,
-            max_seconds,
-            max_seconds,
+    if wav.numel() <= limit:
+        return wav
+    seconds = wav.numel() / sample_rate
+    if not trim:
+        raise InferenceError(
+            f"audio prompt {path} is {seconds:.2f} s, longer than inference.max_prompt_seconds "
+            f"= {max_seconds:.2f} s; cutting only the audio would leave its transcript "
+            "(text_prompt) describing audio the model no longer hears. Cut the prompt (about "
+            "3 s is typical) and give the transcript of the part you keep, or set "
+            "inference.trim_long_prompts = true (run.sh --infer_trim_long_prompts true) to use "
+            f"its first {max_seconds:.2f} s when text_prompt is the transcript of that part"
         )
-        wav = wav[:limit]
-    return wav
+    log.warning(
+        "audio prompt %s is %.2f s, longer than inference.max_prompt_seconds = %.2f s: using "
+        "its first %.2f s (inference.trim_long_prompts); text_prompt must be its transcript",
+        path,
+        seconds,
+        max_seconds,
+        max_seconds,
+    )
+    return wav[:limit]
+
+
+def utterance_seed(seed: int, name: str) -> int:
+    """The sampling seed of one utterance: a hash of the run's seed and the output name, so an
+    utterance draws the same numbers at any batch size, list order or in a partial re-run."""
+    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: a valid manual_seed
 
 
 # --------------------------------------------------------------------------------------------
@@ -437,6 +466,7 @@ class Result:
     batch_size: int  # items decoded together with this one
     prompt_frames: int  # codec frames of the (trimmed) audio prompt
     text_ids: int  # phone ids of prompt text + text, with <bos>/<eos>
+    seed: int  # this utterance's sampling seed (utterance_seed)
 
     def record(self) -> dict:
         return {
@@ -454,6 +484,7 @@ class Result:
             "batch_size": self.batch_size,
             "prompt_frames": self.prompt_frames,
             "text_ids": self.text_ids,
+            "seed": self.seed,
         }
 
 
@@ -507,7 +538,6 @@ class Synthesizer:
                 f"{source.symbols} gives {vocab} text tokens but the model has only "
                 f"text_token_num = {source.cfg.model.text_token_num}: wrong symbols.dict for it"
             )
-        self.generator = torch.Generator(device=self.device).manual_seed(inf.seed)
         # seconds spent in: G2P + prompt tokenization, model.generate, codec decoding + writing
         self.timings = {"prepare": 0.0, "generate": 0.0, "decode": 0.0}
 
@@ -527,7 +557,10 @@ class Synthesizer:
                 try:
                     ids, enroll_len = self.frontend.encode(utt.text_prompt, utt.text)
                     wav = load_prompt(
-                        utt.audio_prompt, self.sample_rate, self.inf.max_prompt_seconds
+                        utt.audio_prompt,
+                        self.sample_rate,
+                        self.inf.max_prompt_seconds,
+                        self.inf.trim_long_prompts,
                     )
                 except InferenceError as e:
                     failures.append(Failure(utt.line, str(e)))
@@ -547,8 +580,14 @@ class Synthesizer:
                 prepared.append(Prepared(utt, ids, enroll_len, codes[:, :q].long().cpu()))
         return prepared, failures
 
+    def seed_of(self, utt: Utterance) -> int:
+        return utterance_seed(self.inf.seed, utt.name)
+
     def generate(self, batch: list[Prepared]):
-        """One model.generate call for a batch (right-padded text and prompt codes)."""
+        """One model.generate call for a batch (right-padded text and prompt codes).
+
+        Each utterance samples from its own generator (seed_of), so its output does not depend
+        on the batch it lands in."""
         dev = self.device
         text_lens = torch.tensor([len(p.text_ids) for p in batch], device=dev)
         text = torch.zeros(len(batch), int(text_lens.max()), dtype=torch.long, device=dev)
@@ -569,7 +608,7 @@ class Synthesizer:
             top_k=self.inf.top_k,
             top_p=self.inf.top_p,
             temperature=self.inf.temperature,
-            generator=self.generator,
+            generator=[torch.Generator(device=dev).manual_seed(self.seed_of(p.utt)) for p in batch],
             max_new_frames=torch.tensor(caps, device=dev),
             min_new_frames=self.inf.min_frames,
             continual=self.inf.continual,
@@ -620,6 +659,7 @@ class Synthesizer:
                         batch_size=len(batch),
                         prompt_frames=int(p.prompt_codes.shape[0]),
                         text_ids=len(p.text_ids),
+                        seed=self.seed_of(p.utt),
                     )
                 )
             bar.update(len(batch))
@@ -642,23 +682,28 @@ class Synthesizer:
 def claim_run_dir(output_dir: Path, mode: str, overwrite: bool) -> Path:
     """OUT/<mode>, or OUT/<mode>-2, -3, ... when that holds an earlier run (unless overwrite).
 
-    The folder is claimed with an atomic mkdir, so two runs started together never share one.
+    A folder is claimed by creating its results.jsonl exclusively (O_EXCL): of two runs started
+    together only one can, so they never share a folder. An empty folder (a run that stopped
+    before it claimed) is taken; one holding anything is not. With overwrite, OUT/<mode> is
+    taken whatever it holds (the user's explicit choice).
     """
     output_dir.mkdir(parents=True, exist_ok=True)
     first = output_dir / mode
     if overwrite:
         first.mkdir(exist_ok=True)
         return first
-    n = 1
+    n = 0
     while True:
-        candidate = first if n == 1 else output_dir / f"{mode}-{n}"
-        try:
-            candidate.mkdir()
-            return candidate
-        except FileExistsError:
-            if candidate.is_dir() and not any(candidate.iterdir()):
-                return candidate  # an empty folder (e.g. a run that failed before writing)
         n += 1
+        candidate = first if n == 1 else output_dir / f"{mode}-{n}"
+        candidate.mkdir(exist_ok=True)
+        if any(candidate.iterdir()):
+            continue  # an earlier (or a concurrent) run's folder
+        try:
+            (candidate / RESULTS).touch(exist_ok=False)
+        except FileExistsError:
+            continue  # another run claimed it between our two looks
+        return candidate
 
 
 def write_jsonl_line(handle, record: dict) -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -497,7 +498,7 @@ class VALLE(nn.Module):
         top_k: int = 1,
         top_p: float = 1.0,
         temperature: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         max_new_frames: torch.Tensor | int | None = None,
         min_new_frames: int = 1,
         continual: bool = False,
@@ -511,7 +512,11 @@ class VALLE(nn.Module):
         enroll_text_lens (B,) = length of the prompt-text part (needed by prefix_mode 2 / 4,
         whose NAR sees only BOS + target text + EOS).
 
-        Sampling: top_k (<= 0: off; 1: greedy), top_p, temperature, generator (seed). A frame
+        Sampling: top_k (default 1 = greedy; <= 0: no top-k filter), top_p, temperature.
+        generator: None (torch's global RNG), one generator shared by the batch, or a list of B
+        generators: item b then draws only from generator[b], so its output depends only on its
+        own inputs and generator, not on the batch it is in (stage 3 gives each utterance its
+        own, models/tts/valle/inference.py). The NAR stages are greedy (no draws). A frame
         stops an item when the argmax OR the sample is EOS (Amphion's rule). max_new_frames caps
         each item (None: Amphion's 16 * text_len + 1 frames). Before min_new_frames frames, a
         stop decision is overruled (EOS masked out, re-decided) and a warning names the item;
@@ -612,7 +617,7 @@ class VALLE(nn.Module):
         top_k: int,
         top_p: float,
         temperature: float,
-        generator: torch.Generator | None,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
         min_new_frames: int,
         use_kv_cache: bool,
         item_names: list[str],
@@ -638,6 +643,14 @@ class VALLE(nn.Module):
         key_ok: torch.Tensor | None = None  # cached path: (B_active, cache_len) visible keys
         ar_steps = 0
         new_frames = 0  # frames generated so far by every active item (they step together)
+
+        def generators(rows: list[int]) -> torch.Generator | Sequence[torch.Generator] | None:
+            """The generator(s) for these active rows (per-item generators follow their item)."""
+            return (
+                [generator[active[i]] for i in rows]
+                if isinstance(generator, Sequence)
+                else generator
+            )
 
         def keep_rows(keep: list[int]) -> None:
             """Finished items leave the batch (and the KV cache)."""
@@ -673,11 +686,14 @@ class VALLE(nn.Module):
                 logits = self._ar_step(last, positions, cache, key_ok)
             ar_steps += 1
 
-            tokens, stop = self._decide(logits, top_k, top_p, temperature, generator)
+            all_rows = list(range(len(active)))
+            tokens, stop = self._decide(logits, top_k, top_p, temperature, generators(all_rows))
             early = stop & (new_frames < min_new_frames)
             if bool(early.any()):
-                # Amphion raised SyntaxError here; we forbid EOS for this frame and warn.
-                for i in early.nonzero().flatten().tolist():
+                # Amphion raised SyntaxError here; we forbid EOS for this frame and warn. Only
+                # the early rows decide again (and draw again, each from its own generator).
+                redo = early.nonzero().flatten().tolist()
+                for i in redo:
                     if not warned[active[i]]:
                         warned[active[i]] = True
                         logger.warning(
@@ -687,11 +703,11 @@ class VALLE(nn.Module):
                             new_frames,
                             min_new_frames,
                         )
-                masked = logits.clone()
-                masked[early, self.eos_id] = float("-inf")
-                tokens_m, stop_m = self._decide(masked, top_k, top_p, temperature, generator)
-                tokens = torch.where(early, tokens_m, tokens)
-                stop = torch.where(early, stop_m, stop)
+                masked = logits[redo].clone()
+                masked[:, self.eos_id] = float("-inf")
+                tokens[redo], stop[redo] = self._decide(
+                    masked, top_k, top_p, temperature, generators(redo)
+                )
 
             stop_list, token_list = stop.tolist(), tokens.tolist()  # one host sync per step
             for b, stopped, token in zip(active, stop_list, token_list, strict=True):
@@ -712,7 +728,7 @@ class VALLE(nn.Module):
         top_k: int,
         top_p: float,
         temperature: float,
-        generator: torch.Generator | None,
+        generator: torch.Generator | Sequence[torch.Generator] | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """logits (B, V + 1) -> (sampled ids, stop) with Amphion's rule: stop if the argmax or
         the sample is EOS."""
@@ -827,7 +843,13 @@ class VALLE(nn.Module):
         top_k: int = -100,
         temperature: float = 1.0,
     ) -> torch.Tensor:
-        """Amphion-compatible batch-1 call: x (1, S), y (1, P, Q) prompt -> (1, G, Q) codes."""
+        """Amphion-compatible batch-1 call: x (1, S), y (1, P, Q) prompt -> (1, G, Q) codes.
+
+        Same signature and defaults as Amphion's ``VALLE.inference``: top_k = -100 means no
+        top-k filter (sampling from the whole distribution, torch's global RNG). ``generate``
+        (default top_k = 1, greedy) and stage 3 (``inference.top_k``, default 100) have their
+        own defaults; README "Decoding defaults" says which applies where.
+        """
         assert x.shape[0] == 1 and y.shape[0] == 1, "inference() is batch 1; use generate()"
         result = self.generate(
             x,
