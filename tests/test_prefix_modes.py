@@ -22,10 +22,12 @@ import pytest
 import torch
 from lhotse import CutSet, MonoCut, SupervisionSegment
 from lhotse.features.io import NumpyFilesWriter
+from test_inference_release import make_release
 
 from models.tts.valle.dataset import SpeakerPrompts, VALLEDataset, make_dataloader
+from models.tts.valle.inference import find_model_source
 from models.tts.valle.valle import VALLE
-from utils.config import Config
+from utils.config import REPO_ROOT, Config, load_config, read_json5
 from utils.symbol_table import TextTokenizer
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
@@ -322,3 +324,21 @@ def test_mode4_training_step_takes_the_prompt_from_the_batch(corpus):
         other, _ = model(batch["x"], batch["x_lens"], batch["y"], batch["y_lens"], 2,
                          nar_stage=1, nar_prompt_codes=batch["nar_prompts"].flip(0))  # fmt: skip
     assert not torch.isclose(loss.detach(), other)
+
+
+# ----------------------------------------------------------------- stage 3: a release's prefix mode
+
+
+@pytest.mark.parametrize("prefix_mode", [1, 4, None])
+def test_stage3_logs_the_prefix_mode_of_a_release(tmp_path, caplog, prefix_mode):
+    release = make_release(tmp_path / "release", "bin")
+    args = read_json5(release / "args.json")
+    args["model"].pop("prefix_mode")
+    if prefix_mode is not None:
+        args["model"]["prefix_mode"] = prefix_mode
+    (release / "args.json").write_text(json.dumps(args))
+    with caplog.at_level(logging.INFO, logger="models.tts.valle.inference"):
+        source = find_model_source(release, "latest", load_config(REPO_ROOT / "config/valle.json"))
+    said = "unknown (not in args.json" if prefix_mode is None else f"prefix_mode {prefix_mode}"
+    assert said in caplog.text
+    assert source.cfg.model.prefix_mode == (prefix_mode or 0)
