@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 from test_train_recipe import run_sh
-from train_fixtures import read_log
+from train_fixtures import make_stage1, read_log, write_config
 
+from models.tts.valle import dataset, trainer
 from utils.checkpoint import list_checkpoints
 
 STEPS = 10
@@ -69,3 +70,24 @@ def test_run_sh_trains_and_resumes_exactly(tmp_path, stage1, prefix_mode):
     a = load_file(str(list_checkpoints(tmp_path / "exp" / "full")[-1] / "model.safetensors"))
     b = load_file(str(list_checkpoints(tmp_path / "exp" / "part")[-1] / "model.safetensors"))
     assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_trainer_gives_each_epoch_new_mode4_prompts(tmp_path, monkeypatch, caplog):
+    # fake stage-1 cuts carry no speaker label: each is prompted by a chunk of itself (logged)
+    processed = make_stage1(tmp_path / "data", n_train=4, n_valid=1)
+    train = {"max_steps": 0, "max_epoch": 2, "batch_size": 2}
+    cfg = write_config(tmp_path / "c.json", processed, tmp_path / "exp", {"prefix_mode": 4}, train)
+    seen: list[tuple[int, int]] = []
+    draw = dataset.SpeakerPrompts.__call__
+
+    def recording(self, cuts, codes, load):
+        prompts = draw(self, cuts, codes, load)
+        seen.append((self.epoch, prompts.shape[1]))
+        return prompts
+
+    monkeypatch.setattr(dataset.SpeakerPrompts, "__call__", recording)
+    assert trainer.main(["--config", str(cfg), "--exp_name", "m4", "--train_stage", "2"]) == 0
+    assert "4 of 4 cuts are their speaker's only utterance" in caplog.text
+    # 2 train batches per epoch (+ the validation batch, always epoch 0's draws)
+    assert [epoch for epoch, _ in seen if epoch == 1] == [1, 1]
+    assert all(16 <= frames <= 32 for _, frames in seen)  # the fake cuts have 16..32 frames
