@@ -23,6 +23,7 @@ import torch
 from lhotse import CutSet, MonoCut, SupervisionSegment
 from lhotse.features.io import NumpyFilesWriter
 from test_inference_release import make_release
+from test_valle_model import _one_thread, assert_close_rel  # noqa: F401 (autouse fixture)
 
 from models.tts.valle.dataset import SpeakerPrompts, VALLEDataset, make_dataloader
 from models.tts.valle.inference import find_model_source
@@ -33,15 +34,6 @@ from utils.symbol_table import TextTokenizer
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
 MODES = (2, 4)
 STAGES = range(1, 8)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # The fixtures were made with one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=MODES, ids=lambda m: f"prefix{m}")
@@ -60,12 +52,6 @@ def oracle(request) -> dict:
         "expected": torch.load(folder / "expected.pt", weights_only=True),
         "patched": torch.load(folder / "expected_patched.pt", weights_only=True),
     }
-
-
-def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    err = (actual.float() - expected.float()).abs().max() / expected.float().abs().max()
-    assert err <= rel, f"relative error {err:.3g} > {rel}"
 
 
 def capture(layer: torch.nn.Module, outputs: list) -> torch.utils.hooks.RemovableHandle:
@@ -136,9 +122,8 @@ def test_nar_loss_matches_amphion_with_lifeiteng_fixes(oracle, stage):
         assert draws == [] and inp["y_prompts"].shape[1] == prefix_len  # no draw in mode 4
 
 
+@pytest.mark.parametrize("oracle", [4], indirect=True, ids=["prefix4"])
 def test_mode4_fixture_prompts_are_other_rows_and_required(oracle):
-    if oracle["mode"] != 4:
-        pytest.skip("mode 4 only")
     inp, train = oracle["inputs"], oracle["cfg"]["train_prompts"]
     for b, (row, start) in enumerate(zip(train["source_row"], train["source_start"], strict=True)):
         assert row != b
