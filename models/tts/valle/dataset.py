@@ -28,7 +28,7 @@ import os
 import random
 import signal
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -161,7 +161,9 @@ class SpeakerPrompts:
                 len(self.self_prompted), len(self.cuts), ", ".join(self.self_prompted[:3]),
             )  # fmt: skip
 
-    def __call__(self, cuts: list[Cut], codes: list[torch.Tensor], load) -> torch.Tensor:
+    def __call__(
+        self, cuts: list[Cut], codes: list[torch.Tensor], load: Callable[[Cut], torch.Tensor]
+    ) -> torch.Tensor:
         """Prompts (B, P, Q) for the batch `cuts` (their codes given; `load(cut)` -> codes)."""
         rngs = [random.Random(f"{self.seed}:{self.epoch}:{cut.id}") for cut in cuts]
         chunks = []
