@@ -352,7 +352,9 @@ def random_batch(seed: int, y_lens=(13, 9, 4), x_lens=(5, 7, 3)):
 def test_forward_backward(train_stage, overrides):
     model = tiny(**overrides).train()
     x, x_lens, y, y_lens = random_batch(6)
-    loss, metrics = model(x, x_lens, y, y_lens, train_stage,
+    # prefix_mode 4: the prompt (another utterance's chunk) comes from the data pipeline
+    prompt = y.roll(1, dims=0)[:, :3] if model.prefix_mode == 4 else None
+    loss, metrics = model(x, x_lens, y, y_lens, train_stage, nar_prompt_codes=prompt,
                           generator=torch.Generator().manual_seed(1))  # fmt: skip
     loss.backward()
     assert torch.isfinite(loss)

@@ -177,6 +177,7 @@ class TrainConfig:
     save_interval: int = 1000  # save a checkpoint every N optimizer steps (0 = per epoch only)
     keep_last: int = 3  # checkpoints kept besides the best
     max_nonfinite_steps: int = 10  # consecutive NaN/Inf losses before stopping
+    nar_prompt_seconds: float = 3.0  # prefix_mode 4: prompt = min(this, shortest in batch) (s)
 
     def validate(self) -> None:
         _check(self.train_stage in (0, 1, 2), "train_stage", "must be 0 (both), 1 (AR) or 2 (NAR)")
@@ -203,6 +204,7 @@ class TrainConfig:
         )
         _check(self.keep_last >= 1, "keep_last", "must be >= 1")
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1")
+        _check(self.nar_prompt_seconds > 0, "nar_prompt_seconds", "must be positive")
         _check(self.valid_interval >= 0 and self.save_interval >= 0, "valid_interval", ">= 0")
 
 

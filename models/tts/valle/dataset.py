@@ -7,6 +7,8 @@ A batch is a dict (what the trainer feeds to `VALLE.forward`):
     y        (B, T, Q) int64 codec codes, right-padded with 0 (the model masks padded frames)
     y_lens   (B,)   int64
     cut_ids  list[str]     to name the utterances in errors (e.g. the non-finite loss guard)
+    nar_prompts (B, P, Q) int64, only for model.prefix_mode 4: row b is a chunk of another
+             utterance of cut b's speaker (`SpeakerPrompts`), the NAR's acoustic prompt
 
 Batches come from lhotse samplers: `DynamicBucketingSampler` when `train.use_dynamic_batchsize`
 (at most `max_tokens` codec frames and `max_sentences` utterances per batch, `num_buckets` duration
@@ -24,9 +26,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import signal
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -172,34 +175,107 @@ def check_phones(cuts: CutSet, tokenizer: TextTokenizer) -> None:
             )
 
 
-class VALLEDataset(torch.utils.data.Dataset):
-    """Map-style lhotse dataset: `dataset[cutset]` -> one padded batch (see module docstring)."""
+class SpeakerPrompts:
+    """prefix_mode 4 prompts: each utterance is prompted by a chunk of another utterance of the
+    same speaker (Amphion's design, its `PromptedPrecomputedFeatures` from lifeiteng/vall-e).
 
-    def __init__(self, tokenizer: TextTokenizer, num_quantizers: int = 8):
+    - Source: the previous or the next utterance of the same speaker (cut ids sorted within the
+      speaker, so LibriTTS neighbours are usually the same chapter), one of the two at random.
+    - Length: all prompts of a batch have P = min(`max_frames`, shortest source) frames
+      (`train.nar_prompt_seconds`, 3 s like Amphion), each at a random offset in its source.
+    - A speaker with a single utterance (or a cut without a speaker label) has no other
+      utterance: its own utterance is the source (Amphion does the same). Those cuts are counted
+      and logged once; the NAR then sees part of its own target in the prompt.
+    - Draws are seeded by (`seed`, epoch, cut id) alone, so a resumed run (same batches) and
+      every dataloader worker get the same prompts; `set_epoch` gives each epoch new ones.
+    """
+
+    def __init__(self, cuts: CutSet, max_frames: int, seed: int):
+        assert max_frames >= 1, f"max_frames must be >= 1, got {max_frames}"
+        self.max_frames, self.seed, self.epoch = max_frames, seed, 0
+        self.cuts = {cut.id: cut for cut in cuts}
+        by_speaker: dict[str, list[str]] = {}
+        for cut in self.cuts.values():
+            speaker = next((s.speaker for s in cut.supervisions if s.speaker), None)
+            by_speaker.setdefault(speaker or f"<no speaker: {cut.id}>", []).append(cut.id)
+        self.sources: dict[str, list[str]] = {}
+        for ids in by_speaker.values():
+            ids.sort()
+            for i, cut_id in enumerate(ids):
+                self.sources[cut_id] = [ids[j] for j in (i - 1, i + 1) if 0 <= j < len(ids)]
+        self.self_prompted = sorted(c for c, s in self.sources.items() if not s)
+        if self.self_prompted:
+            logger.warning(
+                "prefix_mode 4: %d of %d cuts are their speaker's only utterance (or have no "
+                "speaker label) and are prompted by a chunk of themselves (e.g. %s)",
+                len(self.self_prompted), len(self.cuts), ", ".join(self.self_prompted[:3]),
+            )  # fmt: skip
+
+    def __call__(
+        self, cuts: list[Cut], codes: list[torch.Tensor], load: Callable[[Cut], torch.Tensor]
+    ) -> torch.Tensor:
+        """Prompts (B, P, Q) for the batch `cuts` (their codes given; `load(cut)` -> codes)."""
+        rngs = [random.Random(f"{self.seed}:{self.epoch}:{cut.id}") for cut in cuts]
+        chunks = []
+        for cut, own, rng in zip(cuts, codes, rngs, strict=True):
+            sources = self.sources.get(cut.id)
+            if sources is None:
+                raise DataError(f"cut {cut.id}: not among the cuts the prompts were built from")
+            chunks.append(load(self.cuts[rng.choice(sources)]) if sources else own)
+        frames = min(self.max_frames, *(len(c) for c in chunks))
+        starts = [rng.randint(0, len(c) - frames) for c, rng in zip(chunks, rngs, strict=True)]
+        return torch.stack([c[s : s + frames] for c, s in zip(chunks, starts, strict=True)])
+
+
+class VALLEDataset(torch.utils.data.Dataset):
+    """Map-style lhotse dataset: `dataset[cutset]` -> one padded batch (see module docstring).
+
+    `prompts` (model.prefix_mode 4 only) adds `nar_prompts` to each batch."""
+
+    def __init__(
+        self,
+        tokenizer: TextTokenizer,
+        num_quantizers: int = 8,
+        prompts: SpeakerPrompts | None = None,
+    ):
         self.tokenizer = tokenizer
         self.num_quantizers = num_quantizers
+        self.prompts = prompts
+
+    def set_epoch(self, epoch: int) -> None:
+        """New prompt draws per epoch (the sampler reshuffles on its own)."""
+        if self.prompts is not None:
+            self.prompts.epoch = epoch
+
+    def load_codes(self, cut: Cut) -> torch.Tensor:
+        """(frames, num_quantizers) int64 codes of a cut."""
+        # a stage-1 cut's duration spans all its ceil(samples / hop) codec frames
+        c = torch.as_tensor(cut.load_codes()).long()  # (frames, 8)
+        if c.ndim != 2 or c.shape[1] < self.num_quantizers:
+            raise DataError(
+                f"cut {cut.id}: codes of shape {tuple(c.shape)}, expected (frames, >= "
+                f"{self.num_quantizers}) - stage 1 used another codec setting"
+            )
+        return c[:, : self.num_quantizers]
 
     def __getitem__(self, cuts: CutSet) -> dict:
         texts, codes, ids = [], [], []
+        cuts = list(cuts)
         for cut in cuts:
             try:
                 texts.append(torch.tensor(self.tokenizer.encode(cut.custom["phones"])))
             except UnknownPhoneError as e:
                 raise DataError(f"cut {cut.id}: {e}") from None
-            # a stage-1 cut's duration spans all its ceil(samples / hop) codec frames
-            c = torch.as_tensor(cut.load_codes()).long()  # (frames, 8)
-            if c.ndim != 2 or c.shape[1] < self.num_quantizers:
-                raise DataError(
-                    f"cut {cut.id}: codes of shape {tuple(c.shape)}, expected (frames, >= "
-                    f"{self.num_quantizers}) - stage 1 used another codec setting"
-                )
-            codes.append(c[:, : self.num_quantizers])
+            codes.append(self.load_codes(cut))
             ids.append(cut.id)
         x_lens = torch.tensor([len(t) for t in texts], dtype=torch.long)
         y_lens = torch.tensor([len(c) for c in codes], dtype=torch.long)
         x = pad_1d(texts, self.tokenizer.pad_id)  # (B, S)
         y = pad_1d(codes, 0)  # (B, T, Q)
-        return {"x": x, "x_lens": x_lens, "y": y, "y_lens": y_lens, "cut_ids": ids}
+        batch = {"x": x, "x_lens": x_lens, "y": y, "y_lens": y_lens, "cut_ids": ids}
+        if self.prompts is not None:
+            batch["nar_prompts"] = self.prompts(cuts, codes, self.load_codes)  # (B, P, Q)
+        return batch
 
 
 def make_sampler(
@@ -292,8 +368,13 @@ def make_dataloader(
     batches = ResumableBatches(
         make_sampler(cuts, cfg, shuffle=shuffle, world_size=world_size, rank=rank)
     )
+    prompts = None
+    if cfg.model.prefix_mode == 4:
+        pre = cfg.preprocess
+        frames = max(1, round(cfg.train.nar_prompt_seconds * pre.sample_rate / pre.codec_hop_size))
+        prompts = SpeakerPrompts(cuts, frames, cfg.train.random_seed)
     loader = torch.utils.data.DataLoader(
-        VALLEDataset(tokenizer, cfg.model.num_quantizers),
+        VALLEDataset(tokenizer, cfg.model.num_quantizers, prompts),
         sampler=batches,
         batch_size=None,
         num_workers=num_workers,

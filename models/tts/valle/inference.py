@@ -146,6 +146,9 @@ def _release(root: Path, which: str, recipe_cfg: Config, folder: Path | None = N
         raise InferenceError(f"{args_path}: no 'model' section; is this an Amphion VALL-E release?")
     other = sorted(k for k in args if k != "model")
     log.info("%s: using its 'model' section; ignoring the rest (%s)", args_path, ", ".join(other))
+    mode = args["model"].get("prefix_mode")  # how its NAR was trained and is prompted (README)
+    mode = "unknown (not in args.json; the default 0 is used)" if mode is None else mode
+    log.info("%s: model.prefix_mode %s", args_path, mode)
     extractor = args.get("preprocess", {}).get("phone_extractor", "espeak")
     if extractor != "espeak":
         raise InferenceError(

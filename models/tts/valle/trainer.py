@@ -644,9 +644,11 @@ def batch_loss(run: Run, batch: dict, generator: torch.Generator) -> tuple[torch
     """Per-frame loss (Amphion: loss_sum / sum(y_lens)) and the metrics of one batch."""
     device = run.accelerator.device
     x, x_lens, y, y_lens = (batch[k].to(device) for k in ("x", "x_lens", "y", "y_lens"))
+    prompts = batch["nar_prompts"].to(device) if "nar_prompts" in batch else None  # prefix_mode 4
     loss_sum, metrics = run.model(
-        x, x_lens, y, y_lens, train_stage=run.train_stage, generator=generator
-    )
+        x, x_lens, y, y_lens, train_stage=run.train_stage, generator=generator,
+        nar_prompt_codes=prompts,
+    )  # fmt: skip
     return loss_sum / y_lens.sum(), metrics
 
 
@@ -693,6 +695,7 @@ def train_one_epoch(run: Run) -> str:
     accum = cfg.gradient_accumulation_step
     run.model.train()
     run.train_batches.set_position(run.epoch, run.batches_done)
+    run.train_loader.dataset.set_epoch(run.epoch)  # prefix_mode 4 prompt draws
     group: list[dict] = []  # metrics of the micro-batches of the current optimizer step
     group_finite, group_cuts, t0 = True, [], time.perf_counter()
     for batch, is_last in lookahead(run.train_loader):

@@ -14,7 +14,9 @@ numbers; ``../shared/fixtures/amphion_valle_tiny/README.md`` states the semantic
   of streams 0..j-1, bidirectional attention, AdaptiveLayerNorm conditioned on a stage embedding.
 
 Where Amphion only crashes we do the sensible thing (each spot says "Amphion:" in a comment):
-prefix_mode 2 (NameError + wrong padding mask), prefix_mode 1 with ``min(y_lens) < 4``
+prefix_mode 2 and 4 NAR training (NameError / no prompt + a padding mask without the prompt
+part; fixed as lifeiteng/vall-e has it: ../shared/fixtures/amphion_valle_prefix{2,4}/README.md),
+prefix_mode 1 with ``min(y_lens) < 4``
 (``torch.randint(0, 0)``), EOS at the first generated frame (``SyntaxError``), and the NAR
 stage / span draws, which Amphion takes from one ``random.Random(0)`` that is identical on every
 GPU rank: pass ``generator=`` (seeded per rank) or call ``seed_nar_rng(seed + rank)``.
@@ -98,6 +100,19 @@ def ar_attention_mask(text_len: int, audio_len: int, key_padding: torch.Tensor) 
     k = torch.arange(n, device=key_padding.device)[None, :]
     allowed = (k < text_len) | ((i >= text_len) & (k <= i))  # (n, n)
     return allowed[None, None] & ~key_padding[:, None, None, :]
+
+
+def check_mode4_prompt(prompt: torch.Tensor | None, batch: int, num_quantizers: int) -> None:
+    """prefix_mode 4 trains the NAR with a prompt from another utterance: it must be given."""
+    if prompt is None:
+        raise ValueError(
+            "prefix_mode 4 trains the NAR with a prompt from another utterance of the same "
+            "speaker: pass nar_prompt_codes (B, P, Q) (the training dataset supplies it as "
+            "batch['nar_prompts'])"
+        )
+    assert prompt.ndim == 3 and prompt.shape[0] == batch and prompt.shape[2] == num_quantizers, (
+        f"nar_prompt_codes must be (B={batch}, P, Q={num_quantizers}), got {tuple(prompt.shape)}"
+    )
 
 
 @dataclass
@@ -285,7 +300,8 @@ class VALLE(nn.Module):
         nar_stage forces the NAR stage (1..Q-1); otherwise it is drawn from ``generator`` if
         given, else from ``self.rng`` (Amphion). The prefix_mode 1 prefix length is drawn from
         ``generator``, else from torch's global RNG (Amphion). nar_prompt_codes (B, P, Q) is the
-        other-utterance prompt of prefix_mode 4 (default: the next utterance of the batch).
+        prefix_mode 4 prompt, required there for the NAR: a chunk of another utterance of the same
+        speaker, supplied by the data pipeline (dataset.SpeakerPrompts), as Amphion designed it.
 
         metrics (float tensors, detached): ar_loss, ar_top10_correct, ar_frames, nar_loss,
         nar_top10_correct, nar_frames, nar_stage for the parts that ran. Divide the losses and
@@ -321,6 +337,8 @@ class VALLE(nn.Module):
             if nar_stage is None:
                 nar_stage = self._draw_nar_stage(generator)
             assert 1 <= nar_stage < self.num_quantizers, f"nar_stage {nar_stage} out of range"
+            if self.prefix_mode == 4:
+                check_mode4_prompt(nar_prompt_codes, y.shape[0], self.num_quantizers)
             nar_loss, nar_correct = self._nar_loss(
                 x, x_mask, ar_input, codes, y_lens, y_mask, nar_stage, generator, nar_prompt_codes
             )
@@ -395,6 +413,20 @@ class VALLE(nn.Module):
         n = self.num_quantizers - 1
         return self.rng.choices(range(1, self.num_quantizers), weights=[1.0 / n] * n, k=1)[0]
 
+    def _draw_span_starts(
+        self, y_lens: torch.Tensor, prefix_len: int, generator: torch.Generator | None
+    ) -> list[int]:
+        """prefix_mode 2: start of each row's prompt span, uniform in [0, y_lens[b] - prefix_len]
+        (both ends included), drawn row by row from ``generator``, else ``self.rng`` (Amphion)."""
+        starts = []
+        for length in y_lens.tolist():
+            high = int(length) - prefix_len
+            if generator is not None:
+                starts.append(int(torch.randint(0, high + 1, (1,), generator=generator)))
+            else:
+                starts.append(self.rng.randint(0, high))
+        return starts
+
     def _nar_loss(
         self,
         x: torch.Tensor,
@@ -446,24 +478,17 @@ class VALLE(nn.Module):
             if self.prefix_mode == 2:
                 # Prompt = a random span of the same utterance, copied in front; its frames are
                 # not predicted. Amphion: NameError (NUM_AUDIO_TOKENS) here, and the decoder got
-                # the padding mask without the prompt part; fixed.
+                # the padding mask without the prompt part; fixed as lifeiteng/vall-e has it.
                 prefix_len = loss_prefix = min(MAX_PROMPT_FRAMES, int(0.25 * y_lens.min().item()))
+                starts = self._draw_span_starts(y_lens, prefix_len, generator)
                 spans, targets = [], targets.clone()
-                for b in range(B):
-                    high = int(y_lens[b]) - prefix_len  # inclusive
-                    if generator is not None:
-                        start = int(torch.randint(0, high + 1, (1,), generator=generator))
-                    else:
-                        start = self.rng.randint(0, high)
+                for b, start in enumerate(starts):
                     spans.append(codes[b, start : start + prefix_len])
                     targets[b, start : start + prefix_len] = self.audio_token_num
                 prompt = torch.stack(spans, dim=0)  # (B, P, Q)
             else:
-                # Prompt = another utterance (given, or the next one in the batch); Amphion
-                # scales the loss as if there were no prefix.
-                if nar_prompt_codes is None:
-                    prefix_len = min(MAX_PROMPT_FRAMES, int(0.25 * y_lens.min().item()))
-                    nar_prompt_codes = codes.roll(1, dims=0)[:, :prefix_len]
+                # Prompt = a chunk of another utterance of the same speaker, from the data
+                # pipeline; every frame is predicted and Amphion scales the loss by 1.
                 prompt = nar_prompt_codes.long()
                 prefix_len = prompt.shape[1]
             audio = torch.cat([all_streams(prompt), below_stage(0, T)], dim=1)
