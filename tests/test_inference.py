@@ -38,9 +38,9 @@ from models.tts.valle.inference import (
     parse_test_list,
 )
 from models.tts.valle.valle import VALLE
-from preprocessors.g2p import phonemize
+from text.g2p import phonemize
+from text.symbol_table import SymbolTable, TextTokenizer
 from utils.config import REPO_ROOT, InferenceConfig, load_config, save_config
-from utils.symbol_table import SymbolTable, TextTokenizer
 
 SR = 24000
 TEXTS = [

@@ -22,8 +22,8 @@ from conftest import REPO, write_config
 from lhotse import CutSet
 
 from models.codec.encodec import CodecTokenizer
+from text.symbol_table import SymbolTable, TextTokenizer
 from utils.audio import load_audio
-from utils.symbol_table import SymbolTable, TextTokenizer
 
 # The test corpora use a random-init codec on purpose (test_codec.py checks that it warns).
 pytestmark = pytest.mark.filterwarnings("ignore:RANDOM-INIT CODEC")

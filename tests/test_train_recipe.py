@@ -146,7 +146,7 @@ def test_largest_batch_and_out_of_memory_advice(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from models.tts.valle.dataset import VALLEDataset
-    from utils.symbol_table import TextTokenizer
+    from text.symbol_table import TextTokenizer
 
     processed = make_stage1(tmp_path / "data", n_train=8, n_valid=1, frames=(10, 60))
     cfg = trainer.load_config(write_config(tmp_path / "c.json", processed, tmp_path / "exp"))

@@ -16,8 +16,8 @@ import torch
 
 from models.codec.encodec import CodecError
 from preprocessors.corpora import CorpusError
-from preprocessors.g2p import G2PError
 from preprocessors.pipeline import StageError, run_stage1
+from text.g2p import G2PError
 from utils.config import ConfigError, load_config
 
 

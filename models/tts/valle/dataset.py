@@ -35,8 +35,8 @@ from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from lhotse.dataset.sampling.base import CutSampler
 
 from models.tts.valle.valle import pad_1d
+from text.symbol_table import TextTokenizer, UnknownPhoneError
 from utils.config import Config
-from utils.symbol_table import TextTokenizer, UnknownPhoneError
 
 logger = logging.getLogger(__name__)
 

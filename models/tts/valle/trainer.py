@@ -58,6 +58,7 @@ from models.tts.valle.dataset import (
     num_frames,
 )
 from models.tts.valle.valle import VALLE
+from text.symbol_table import TextTokenizer
 from utils.checkpoint import (
     CheckpointError,
     checkpoint_name,
@@ -76,7 +77,6 @@ from utils.checkpoint import (
     write_best,
 )
 from utils.config import Config, config_to_dict, load_config, resolve_path, save_config
-from utils.symbol_table import TextTokenizer
 
 logger = logging.getLogger("codectts.train")
 
