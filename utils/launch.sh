@@ -10,7 +10,8 @@
 use_gpus() {  # use_gpus IDS: restrict the recipe's processes to these GPUs (before CUDA starts)
   [ -n "$1" ] || return 0
   export CUDA_VISIBLE_DEVICES=$1
-  [ "$(num_visible_gpus)" -gt 0 ] || log "WARNING: --gpu $1 given but no CUDA GPU is visible: the CPU is used"
+  [ "$(num_visible_gpus)" -gt 0 ] ||
+    log "WARNING: --gpu $1 given but no CUDA GPU is visible: the CPU is used"
 }
 
 num_visible_gpus() {
@@ -18,7 +19,7 @@ num_visible_gpus() {
 }
 
 free_port() {  # a TCP port nobody listens on now, for the processes' rendezvous
-  python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'
 }
 
 launch_python() {  # launch_python N SCRIPT ARG...
