@@ -58,7 +58,7 @@ def test_one_gpu_or_the_cpu_is_one_plain_process(tmp_path):
 
 
 def test_gpu_ids_become_the_visible_devices_once(tmp_path):
-    result = bash("use_gpus 0,1; python probe.py", tmp_path)
+    result = bash("use_gpus ' 0, 1'; python probe.py", tmp_path)
     assert probes(result)[0][3] == "0,1"  # the child processes see exactly --gpu's devices
     if not torch.cuda.is_available():  # no CUDA: the CPU, not a failing launch
         assert "WARNING: --gpu 0,1 given but no CUDA GPU is visible" in result.stdout

@@ -9,9 +9,9 @@
 
 use_gpus() {  # use_gpus IDS: restrict the recipe's processes to these GPUs (before CUDA starts)
   [ -n "$1" ] || return 0
-  export CUDA_VISIBLE_DEVICES=$1
+  export CUDA_VISIBLE_DEVICES=${1// /}  # "0, 1" means 0,1
   [ "$(num_visible_gpus)" -gt 0 ] ||
-    log "WARNING: --gpu $1 given but no CUDA GPU is visible: the CPU is used"
+    log "WARNING: --gpu $CUDA_VISIBLE_DEVICES given but no CUDA GPU is visible: the CPU is used"
 }
 
 num_visible_gpus() {
