@@ -55,6 +55,8 @@ def test_one_gpu_or_the_cpu_is_one_plain_process(tmp_path):
     for n in (0, 1):
         got = probes(bash(f"launch_python {n} probe.py --x 1", tmp_path))
         assert got == [["None", "None", "None", "None", "--x", "1"]]  # no launcher in between
+    broken = bash("launch_python '' probe.py", tmp_path)  # e.g. torch failed to count the GPUs
+    assert broken.returncode != 0 and "process count '' is not a number" in broken.stderr
 
 
 def test_gpu_ids_become_the_visible_devices_once(tmp_path):

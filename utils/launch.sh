@@ -25,6 +25,7 @@ free_port() {  # a TCP port nobody listens on now, for the processes' rendezvous
 launch_python() {  # launch_python N SCRIPT ARG...
   local n=$1
   shift
+  [[ $n =~ ^[0-9]+$ ]] || die "launch_python: process count '$n' is not a number"
   if [ "$n" -le 1 ]; then
     python "$@"
     return
