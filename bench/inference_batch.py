@@ -29,9 +29,9 @@ import torch
 from models.codec.encodec import CodecTokenizer
 from models.tts.valle.inference import ModelSource, Synthesizer, Utterance
 from models.tts.valle.valle import VALLE
-from preprocessors.g2p import phonemize
+from text.g2p import phonemize
+from text.symbol_table import SymbolTable, TextTokenizer
 from utils.config import Config, InferenceConfig, ModelConfig
-from utils.symbol_table import SymbolTable, TextTokenizer
 
 SENTENCES = [
     "The quick brown fox jumps over the lazy dog.",

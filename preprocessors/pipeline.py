@@ -42,12 +42,12 @@ from tqdm import tqdm
 
 from models.codec.encodec import OFFICIAL_NAME, RANDOM_INIT_WARNING, CodecTokenizer, file_sha256
 from preprocessors.corpora import check_corpus_path, corpus_files, read_corpus, reject
-from preprocessors.g2p import g2p_version, has_speech_phones, phonemize
 from preprocessors.tokenize import ShardTask, codec_span, run_shard, worker_init, worker_run
+from text.g2p import g2p_version, has_speech_phones, phonemize
+from text.symbol_table import SymbolTable, TextTokenizer
 from utils.audio import load_audio
 from utils.config import Config, resolve_path, save_config
 from utils.fileio import atomic_path, atomic_write_text
-from utils.symbol_table import SymbolTable, TextTokenizer
 
 log = logging.getLogger("preprocess")
 # Bump SHARD_FORMAT when the codes of the same settings change (every shard is re-encoded),

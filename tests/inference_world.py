@@ -23,9 +23,9 @@ from safetensors.torch import save_file
 from bins.tts import inference as cli
 from models.codec.encodec import CodecTokenizer
 from models.tts.valle.valle import VALLE
-from preprocessors.g2p import phonemize
+from text.g2p import phonemize
+from text.symbol_table import SymbolTable, TextTokenizer
 from utils.config import REPO_ROOT, load_config, save_config
-from utils.symbol_table import SymbolTable, TextTokenizer
 
 SR = 24000
 TEXTS = [

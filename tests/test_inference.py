@@ -45,7 +45,7 @@ from models.tts.valle.inference import (
     load_prompt,
     parse_test_list,
 )
-from preprocessors.g2p import phonemize
+from text.g2p import phonemize
 from utils.config import REPO_ROOT, InferenceConfig, load_config
 
 

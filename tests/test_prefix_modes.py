@@ -28,8 +28,8 @@ from test_valle_model import _one_thread, assert_close_rel  # noqa: F401 (autous
 from models.tts.valle.dataset import SpeakerPrompts, VALLEDataset, make_dataloader
 from models.tts.valle.inference import find_model_source
 from models.tts.valle.valle import VALLE
+from text.symbol_table import TextTokenizer
 from utils.config import REPO_ROOT, Config, load_config, read_json5
-from utils.symbol_table import TextTokenizer
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
 MODES = (2, 4)

@@ -25,9 +25,9 @@ from lhotse.utils import fastcopy
 
 from models.codec.encodec import CodecTokenizer
 from models.tts.valle.dataset import VALLEDataset, load_cuts
+from text.symbol_table import SymbolTable, TextTokenizer
 from utils.audio import load_audio
 from utils.config import load_config
-from utils.symbol_table import SymbolTable, TextTokenizer
 
 # The test corpora use a random-init codec on purpose (test_codec.py checks that it warns).
 pytestmark = pytest.mark.filterwarnings("ignore:RANDOM-INIT CODEC")

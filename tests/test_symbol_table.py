@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from preprocessors.g2p import has_speech_phones, phonemize
-from utils.symbol_table import SymbolTable, SymbolTableError, TextTokenizer, UnknownPhoneError
+from text.g2p import has_speech_phones, phonemize
+from text.symbol_table import SymbolTable, SymbolTableError, TextTokenizer, UnknownPhoneError
 
 
 def test_ids_follow_amphion_text_token_collator(tmp_path):

@@ -18,8 +18,8 @@ from models.tts.valle.dataset import (
     make_dataloader,
     make_sampler,
 )
+from text.symbol_table import TextTokenizer
 from utils.config import load_config
-from utils.symbol_table import TextTokenizer
 
 
 @pytest.fixture(scope="module")

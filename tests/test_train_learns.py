@@ -14,9 +14,9 @@ from train_fixtures import make_stage1, write_config
 from models.tts.valle import trainer
 from models.tts.valle.dataset import VALLEDataset
 from models.tts.valle.valle import VALLE
+from text.symbol_table import TextTokenizer
 from utils.checkpoint import list_checkpoints, load_weights
 from utils.config import load_config
-from utils.symbol_table import TextTokenizer
 
 
 def test_tiny_model_overfits_four_utterances(tmp_path):

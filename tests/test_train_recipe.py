@@ -1,11 +1,10 @@
 """Recipe stage 2 end to end on real stage-1 output (espeak-ng corpora, random-init codec):
-`run.sh --stage 2` trains the AR decoder, then the NAR decoders from the AR run; plus the
-launcher's pieces and gradient accumulation."""
+`run.sh --stage 2` trains the AR decoder, then the NAR decoders from the AR run; plus gradient
+accumulation. (The multi-GPU launch is tested in test_launch.py.)"""
 
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 from pathlib import Path
 
@@ -80,19 +79,6 @@ def test_run_sh_stage2_ar_then_nar_on_stage1_output(tmp_path, stage1):
     assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("nar_"))
 
 
-def test_launch_command_and_free_port():
-    cmd = trainer.launch_command("bins/tts/train.py", ["--config", "c", "--gpu", "0,1"], 2, 29517)
-    assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
-    assert cmd[cmd.index("--num_processes") + 1] == "2"
-    assert cmd[cmd.index("--main_process_port") + 1] == "29517"
-    assert cmd[-5:] == ["bins/tts/train.py", "--config", "c", "--gpu", "0,1"]
-    port = trainer.free_port()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))  # it really is free
-    if not torch.cuda.is_available():
-        assert trainer.num_gpus("0,1") == 0  # no CUDA: the CPU, not a failing launch
-
-
 def test_gradient_accumulation_steps_and_epoch_tail(tmp_path):
     torch.set_num_threads(1)
     processed = make_stage1(tmp_path / "data", n_train=8, n_valid=2)
@@ -146,7 +132,7 @@ def test_largest_batch_and_out_of_memory_advice(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     from models.tts.valle.dataset import VALLEDataset
-    from utils.symbol_table import TextTokenizer
+    from text.symbol_table import TextTokenizer
 
     processed = make_stage1(tmp_path / "data", n_train=8, n_valid=1, frames=(10, 60))
     cfg = trainer.load_config(write_config(tmp_path / "c.json", processed, tmp_path / "exp"))

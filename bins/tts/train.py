@@ -1,13 +1,14 @@
 """Recipe stage 2: train VALL-E (AR decoder, then NAR decoders), resume or finetune.
 
-    python bins/tts/train.py --config C --exp_name NAME [--train_stage 0|1|2]
+    python bins/tts/train.py --config C --exp_name NAME [--model_train_stage 0|1|2]
         [--resume true|false] [--resume_type resume|finetune] [--resume_from_ckpt_path DIR]
-        [--ar_model_ckpt_dir DIR] [--gpu 0,1]
+        [--ar_model_ckpt_dir DIR]
 
-(`egs/tts/VALLE/run.sh --stage 2` calls this.) One process trains in this process (one GPU, or
-the CPU when there is none); a --gpu list of several ids (or several visible GPUs) re-launches
-this script with `accelerate launch`, one process per GPU, on a free port. The training logic is
-in models/tts/valle/trainer.py.
+This is one training process, on the first visible GPU or the CPU. `egs/tts/VALLE/run.sh
+--stage 2 [--gpu 0,1]` calls it, under `accelerate launch` with one process per GPU (DDP) when
+several are visible (utils/launch.sh); without run.sh, set CUDA_VISIBLE_DEVICES yourself and
+use `accelerate launch --multi_gpu --num_processes N bins/tts/train.py ...` for several GPUs.
+The training logic is in models/tts/valle/trainer.py.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ if __name__ == "__main__":
         datefmt="%Y-%m-%d %H:%M:%S",
     )
     try:
-        sys.exit(main(sys.argv[1:], script=__file__))
+        sys.exit(main(sys.argv[1:]))
     except (ConfigError, DataError, CheckpointError, TrainingError) as e:
         logging.getLogger("codectts.train").error("%s", e)
         sys.exit(1)

@@ -42,8 +42,8 @@ from lhotse.dataset.sampling.base import CutSampler
 from models.codec.encodec import SAMPLE_RATE
 from models.tts.valle.valle import pad_1d
 from preprocessors.tokenize import codec_span
+from text.symbol_table import TextTokenizer, UnknownPhoneError
 from utils.config import Config
-from utils.symbol_table import TextTokenizer, UnknownPhoneError
 
 logger = logging.getLogger(__name__)
 

@@ -36,7 +36,8 @@ import torch
 from tqdm import tqdm
 
 from models.tts.valle.valle import VALLE
-from preprocessors.g2p import phonemize
+from text.g2p import phonemize
+from text.symbol_table import TextTokenizer
 from utils.audio import AudioError, load_audio, save_audio
 from utils.checkpoint import (
     checkpoint_order,
@@ -47,7 +48,6 @@ from utils.checkpoint import (
     read_meta,
 )
 from utils.config import Config, InferenceConfig, ModelConfig, config_from_dict, read_json5
-from utils.symbol_table import TextTokenizer
 
 log = logging.getLogger(__name__)
 

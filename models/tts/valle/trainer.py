@@ -35,9 +35,6 @@ import os
 import random
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +55,7 @@ from models.tts.valle.dataset import (
     num_frames,
 )
 from models.tts.valle.valle import VALLE
+from text.symbol_table import TextTokenizer
 from utils.checkpoint import (
     CheckpointError,
     checkpoint_name,
@@ -76,7 +74,6 @@ from utils.checkpoint import (
     write_best,
 )
 from utils.config import Config, config_to_dict, load_config, resolve_path, save_config
-from utils.symbol_table import TextTokenizer
 
 logger = logging.getLogger("codectts.train")
 
@@ -88,7 +85,7 @@ class TrainingError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------
-# Command line and launch
+# Command line
 # --------------------------------------------------------------------------------------------
 
 
@@ -107,57 +104,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train_stage", type=int, choices=(0, 1, 2), default=None)
     p.add_argument("--model_train_stage", type=int, choices=(0, 1, 2), default=None)
     p.add_argument("--ar_model_ckpt_dir", default="", help="NAR stage: AR run to start from")
-    p.add_argument("--gpu", default="", help="GPU ids, e.g. 0,1 (default: all visible)")
     args = p.parse_args(argv)
     if args.model_train_stage is not None:  # the recipe's name for the same thing
         args.train_stage = args.model_train_stage
+    # not an option: run.sh's --gpu arrives as CUDA_VISIBLE_DEVICES (for the resume hint)
+    args.gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "")
     return args
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def num_gpus(gpu_list: str) -> int:
-    """GPUs to train on: the --gpu list, else all visible ones; 0 (CPU) when CUDA is absent."""
-    if not torch.cuda.is_available():
-        if gpu_list.strip():
-            logger.warning(
-                "--gpu %s given but CUDA is not available: training on the CPU", gpu_list
-            )
-        return 0
-    if gpu_list.strip():
-        return len([g for g in gpu_list.split(",") if g.strip()])
-    return torch.cuda.device_count()
-
-
-def launch_command(script: str, argv: list[str], num_processes: int, port: int) -> list[str]:
-    """`accelerate launch` of this script on `num_processes` GPUs (one process each)."""
-    return [
-        sys.executable, "-m", "accelerate.commands.launch",
-        "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
-        "--main_process_port", str(port), "--dynamo_backend", "no",
-        script, *argv,
-    ]  # fmt: skip
-
-
-def main(argv: list[str] | None = None, script: str | None = None) -> int:
-    """Entry point: one process trains in-process; several GPUs -> `accelerate launch` (DDP)."""
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    launched = "LOCAL_RANK" in os.environ or "ACCELERATE_LAUNCHED" in os.environ
-    if args.gpu.strip() and not launched:
-        # before CUDA is initialised: --gpu 2 trains on GPU 2 (run.sh exports the same)
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.gpu
-    gpus = num_gpus(args.gpu)
-    if gpus > 1 and not launched and script is not None:
-        env = dict(os.environ, ACCELERATE_LAUNCHED="1")
-        cmd = launch_command(script, argv, gpus, free_port())
-        logger.info("launching %d processes: %s", gpus, " ".join(cmd))
-        return subprocess.call(cmd, env=env)
-    return train(args)
+def main(argv: list[str] | None = None) -> int:
+    """One training process. run.sh starts one per visible GPU with `accelerate launch` (DDP)
+    when there are several, one plain process otherwise (a GPU or the CPU)."""
+    return train(parse_args(argv))
 
 
 # --------------------------------------------------------------------------------------------
