@@ -11,7 +11,7 @@ Steps (see docs/ARCHITECTURE.md for the output layout):
 4. tokenization in shards (`preprocessors.tokenize`), in this process or in `num_workers` worker
    processes per device, each writing its own shard files;
 5. merge: `<dataset>/cuts_<split>.jsonl.gz` (phones in `cut.custom["phones"]`, codes in
-   `cut.codes`, the cut's duration spanning all its codec frames: `tokenize.codec_span`),
+   `cut.codes`, the cut's duration spanning all its codec frames: `encodec.codec_span`),
    `<dataset>/rejected.jsonl`, `<dataset>/summary.json`, `symbols.dict`,
    `config.json`, and `stage1.done.json` holding the fingerprint of everything that produced them.
 
@@ -40,9 +40,15 @@ from pathlib import Path
 from lhotse import CutSet
 from tqdm import tqdm
 
-from models.codec.encodec import OFFICIAL_NAME, RANDOM_INIT_WARNING, CodecTokenizer, file_sha256
+from models.codec.encodec import (
+    OFFICIAL_NAME,
+    RANDOM_INIT_WARNING,
+    CodecTokenizer,
+    codec_span,
+    file_sha256,
+)
 from preprocessors.corpora import check_corpus_path, corpus_files, read_corpus, reject
-from preprocessors.tokenize import ShardTask, codec_span, run_shard, worker_init, worker_run
+from preprocessors.tokenize import ShardTask, run_shard, worker_init, worker_run
 from text.g2p import g2p_version, has_speech_phones, phonemize
 from text.symbol_table import SymbolTable, TextTokenizer
 from utils.audio import load_audio

@@ -25,7 +25,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from lhotse import CutSet, NumpyHdf5Writer
-from lhotse.cut import Cut
 from lhotse.utils import fastcopy
 
 from models.codec.encodec import HOP, SAMPLE_RATE, CodecTokenizer
@@ -33,22 +32,6 @@ from utils.audio import AudioError, load_audio
 from utils.fileio import atomic_path, atomic_write_text
 
 FRAME_SHIFT = HOP / SAMPLE_RATE
-
-
-def codec_span(cut: Cut) -> Cut:
-    """The cut with its duration set to the time its codes cover (what stage 1 writes).
-
-    EnCodec frame i encodes samples [i * HOP, (i + 1) * HOP) (the last hop padded),
-    so N samples give ceil(N / HOP) frames spanning ceil(N / HOP) * HOP samples, up to HOP - 1
-    samples (13.3 ms) past the audio. The codes are stored as a TemporalArray with start 0 and
-    frame_shift HOP / SAMPLE_RATE, i.e. with those true frame times. lhotse counts the frames of
-    a cut as round-half-up(duration / frame_shift) (`cut.load_codes()`, `truncate`, the
-    validator), which leaves out the last frame when it covers less than half a hop of audio;
-    with the cut's duration equal to the codes' span lhotse counts all of them, and its
-    validator sees matching durations. The recording and the supervisions keep the true audio
-    length; lhotse pads the few missing samples if the cut's audio is loaded (within its
-    duration mismatch tolerance)."""
-    return fastcopy(cut, duration=cut.codes.duration)
 
 
 @dataclass

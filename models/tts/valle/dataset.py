@@ -39,9 +39,8 @@ from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
 from lhotse.dataset.sampling.base import CutSampler
 
-from models.codec.encodec import SAMPLE_RATE
+from models.codec.encodec import SAMPLE_RATE, codec_span
 from models.tts.valle.valle import pad_1d
-from preprocessors.tokenize import codec_span
 from text.symbol_table import TextTokenizer, UnknownPhoneError
 from utils.config import Config
 
@@ -110,7 +109,7 @@ def _predates_codec_span(cut: Cut) -> bool:
 
 
 def span_old_cuts(cuts: CutSet, path: Path) -> CutSet:
-    """Cuts written by an older stage 1 converted on read (`tokenize.codec_span`), with a
+    """Cuts written by an older stage 1 converted on read (`encodec.codec_span`), with a
     warning; cuts of the current format come back unchanged."""
     old = sum(map(_predates_codec_span, cuts))
     if not old:
