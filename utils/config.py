@@ -179,6 +179,7 @@ class TrainConfig:
     save_interval: int = 1000  # save a checkpoint every N optimizer steps (0 = per epoch only)
     keep_last: int = 3  # checkpoints kept besides the best
     max_nonfinite_steps: int = 10  # consecutive NaN/Inf losses before stopping
+    check_largest_batch: bool = True  # CUDA: try the largest batch (+ AdamW state) before training
 
     def validate(self) -> None:
         _check(self.train_stage in (0, 1, 2), "train_stage", "must be 0 (both), 1 (AR) or 2 (NAR)")

@@ -11,7 +11,10 @@ A batch is a dict (what the trainer feeds to `VALLE.forward`):
 Batches come from lhotse samplers: `DynamicBucketingSampler` when `train.use_dynamic_batchsize`
 (at most `max_tokens` codec frames and `max_sentences` utterances per batch, `num_buckets` duration
 buckets), else `SimpleCutSampler` with `batch_size` utterances. Both shuffle with
-`train.random_seed` + epoch and give every rank its own shard (`world_size`, `rank`).
+`train.random_seed` + epoch and give every rank its own shard (`world_size`, `rank`). A split too
+small for `num_buckets` buckets gets fewer (each bucket must be able to fill a batch of
+`max_sentences`), or with fewer than 2 such buckets `DynamicCutSampler` (same limits, no
+buckets); `make_sampler` logs which one and why.
 
 `ResumableBatches` wraps the sampler so a checkpoint can record the exact position in the epoch:
 the trainer counts the batches it has *consumed* (dataloader workers prefetch ahead of that, so
@@ -31,7 +34,7 @@ from pathlib import Path
 import torch
 from lhotse import CutSet, combine
 from lhotse.cut import Cut
-from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler, SimpleCutSampler
 from lhotse.dataset.sampling.base import CutSampler
 
 from models.tts.valle.valle import pad_1d
@@ -152,6 +155,18 @@ class VALLEDataset(torch.utils.data.Dataset):
         return {"x": x, "x_lens": x_lens, "y": y, "y_lens": y_lens, "cut_ids": ids}
 
 
+def num_buckets_for(num_cuts: int, cfg: Config) -> tuple[int, str]:
+    """Duration buckets a split of `num_cuts` can fill (each at least one batch of
+    max_sentences), at most train.num_buckets; below 2 bucketing is off. (number, why)."""
+    train = cfg.train
+    fillable = num_cuts // train.max_sentences
+    if train.num_buckets >= 2 and fillable >= train.num_buckets:
+        return train.num_buckets, f"train.num_buckets = {train.num_buckets}"
+    why = (f"{num_cuts} cuts fill {fillable} bucket(s) of train.max_sentences = "
+           f"{train.max_sentences} (train.num_buckets = {train.num_buckets})")  # fmt: skip
+    return (fillable if fillable >= 2 and train.num_buckets >= 2 else 0), why
+
+
 def make_sampler(
     cuts: CutSet,
     cfg: Config,
@@ -160,8 +175,10 @@ def make_sampler(
     world_size: int = 1,
     rank: int = 0,
     drop_last: bool = False,
+    name: str = "",
 ) -> CutSampler:
-    """The lhotse sampler the config asks for (see module docstring)."""
+    """The lhotse sampler the config asks for (see module docstring); logs the dynamic-batching
+    choice for split `name` (rank 0)."""
     train = cfg.train
     common = dict(
         shuffle=shuffle,
@@ -170,18 +187,20 @@ def make_sampler(
         world_size=world_size,
         rank=rank,
     )
-    if train.use_dynamic_batchsize:
-        hop = cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
-        with warnings.catch_warnings():  # the cuts are eager on purpose: filtered and reported
-            warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
-            return DynamicBucketingSampler(
-                cuts,
-                max_duration=train.max_tokens * hop,  # max_tokens counts codec frames, like Amphion
-                max_cuts=train.max_sentences,
-                num_buckets=train.num_buckets,
-                **common,
-            )
-    return SimpleCutSampler(cuts, max_cuts=train.batch_size, **common)
+    if not train.use_dynamic_batchsize:
+        return SimpleCutSampler(cuts, max_cuts=train.batch_size, **common)
+    hop = cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
+    # max_tokens counts codec frames, like Amphion
+    limits = dict(max_duration=train.max_tokens * hop, max_cuts=train.max_sentences)
+    buckets, why = num_buckets_for(len(cuts), cfg)
+    if rank == 0:
+        chosen = f"{buckets} duration buckets" if buckets else "no duration buckets"
+        logger.info("%s: dynamic batches with %s (%s)", name or "cuts", chosen, why)
+    with warnings.catch_warnings():  # the cuts are eager on purpose: filtered and reported
+        warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
+        if not buckets:
+            return DynamicCutSampler(cuts, **limits, **common)
+        return DynamicBucketingSampler(cuts, **limits, num_buckets=buckets, **common)
 
 
 class ResumableBatches:
@@ -238,9 +257,10 @@ def make_dataloader(
     world_size: int = 1,
     rank: int = 0,
     num_workers: int = 0,
+    name: str = "",
 ) -> tuple[torch.utils.data.DataLoader, ResumableBatches]:
     batches = ResumableBatches(
-        make_sampler(cuts, cfg, shuffle=shuffle, world_size=world_size, rank=rank)
+        make_sampler(cuts, cfg, shuffle=shuffle, world_size=world_size, rank=rank, name=name)
     )
     loader = torch.utils.data.DataLoader(
         VALLEDataset(tokenizer, cfg.model.num_quantizers),
