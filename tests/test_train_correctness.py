@@ -15,7 +15,6 @@ from lhotse import CutSet
 from safetensors.torch import load_file
 from train_fixtures import make_stage1, read_log, run_training, write_config
 
-from bench.train_step import trainable_model
 from models.tts.valle import trainer
 from utils.checkpoint import list_checkpoints, load_training_state
 from utils.config import load_config
@@ -46,6 +45,8 @@ def last_weights(exp_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_nar_alphas_stay_fixed_and_bench_trains_the_trainers_parameters(tmp_path, processed):
+    from bench.train_step import trainable_model
+
     cfg = config(tmp_path, processed, max_steps=3)
     for stage in (0, 1, 2):
         model, trainable = trainer.build_model(load_config(cfg), stage, None)
@@ -160,3 +161,21 @@ def test_largest_batch_check_counts_adam_state_and_leaves_no_trace(tmp_path, pro
     for name, p in model.named_parameters():
         assert torch.equal(p, weights[name]) and p.grad is None, name
     assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_split_emptied_by_filters_is_refused_before_the_model_is_built(tmp_path, monkeypatch):
+    data = make_stage1(tmp_path / "data", n_train=4, n_valid=2, frames=(16, 20))
+    cfg = write_config(tmp_path / "c.json", data, tmp_path / "exp", train={"max_steps": 1})
+    settings = json.loads(cfg.read_text())
+    settings["preprocess"]["max_duration"] = 0.2  # every cut is >= 16 frames = 0.21 s
+    cfg.write_text(json.dumps(settings))
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was built before the data were checked")
+
+    monkeypatch.setattr(trainer, "build_model", no_model)
+    with pytest.raises(trainer.DataError) as err:
+        trainer.main(args(cfg, "empty"))
+    message = str(err.value)
+    assert "no usable train cuts" in message and "all 4 were left out" in message
+    assert "preprocess.min_duration / max_duration = [0.1, 0.2] s (4 cuts)" in message

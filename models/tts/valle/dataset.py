@@ -241,11 +241,32 @@ class ResumableBatches:
         }
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """Dataloader workers leave Ctrl-C / SIGTERM to the trainer, which finishes the step and
-    saves; a worker killed by the signal would break that (torch ends orphaned workers itself)."""
+    saves; a worker killed by the signal would break that (torch ends orphaned workers itself).
+    The worker starts with them blocked (`StopSafeDataLoader`): one that came meanwhile is
+    dropped here, after SIG_IGN."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+class StopSafeDataLoader(torch.utils.data.DataLoader):
+    """Starts its workers with SIGINT / SIGTERM blocked, so that a signal sent to the whole
+    process group (a batch scheduler's SIGTERM, Ctrl-C) while a worker is still starting, before
+    `ignore_stop_signals` runs in it, cannot kill it (each epoch and validation start workers)."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:  # the trainer's own pending signal is delivered here, to its handler
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def make_dataloader(
@@ -262,7 +283,7 @@ def make_dataloader(
     batches = ResumableBatches(
         make_sampler(cuts, cfg, shuffle=shuffle, world_size=world_size, rank=rank, name=name)
     )
-    loader = torch.utils.data.DataLoader(
+    loader = StopSafeDataLoader(
         VALLEDataset(tokenizer, cfg.model.num_quantizers),
         sampler=batches,
         batch_size=None,

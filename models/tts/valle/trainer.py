@@ -11,11 +11,19 @@ One optimizer step (gradient accumulation over `train.gradient_accumulation_step
     accelerator.backward(loss / accum)   (no DDP all-reduce until the last micro-batch)
     clip_grad_norm_ (unscales first)  ->  optimizer.step  ->  scheduler.step  ->  zero_grad
 
-Randomness and exact resume: the model's dropout uses torch's global RNG; the NAR stage and the
-NAR prompt length are drawn from a per-rank `torch.Generator` seeded `random_seed + rank`
-(Amphion used one `random.Random(0)` that was identical on every GPU). The checkpoint stores the
-states of python / numpy / torch (+ CUDA) RNGs and that generator for every rank, the sampler
-position (epoch + batches consumed) and the counters, so a resumed run continues bit for bit.
+so an update is the mean over its micro-batches of their per-frame losses; the epoch's last group
+may hold fewer than `accum` micro-batches and is rescaled to the mean of those it holds. Under
+fp16 the loss scaler may skip an update (inf/nan in the scaled grads): it is logged and counted
+(`"skipped": true, "reason": "fp16 overflow"` in train_log.jsonl) and advances neither the step
+count nor the LR schedule (`step` counts applied updates); the scaler state is checkpointed.
+
+Randomness and exact resume: initial weights come from `random_seed` on every rank (identical);
+then each rank reseeds with `random_seed + 1 + rank` (accelerate's `set_seed(device_specific)`)
+so that its dropout masks are its own, and the NAR stage / NAR prompt length draws come from a
+per-rank `torch.Generator` seeded from that rank's python RNG (Amphion used one
+`random.Random(0)` that was identical on every GPU). The checkpoint stores the states of python /
+numpy / torch (+ CUDA) RNGs and that generator for every rank, the sampler position (epoch +
+batches consumed), the fp16 scaler and the counters, so a resumed run continues bit for bit.
 
 Outputs in `<log_dir>/<exp_name>/` (docs/ARCHITECTURE.md): config.json, symbols.dict,
 checkpoint/<epoch-..._step-..._loss-...>/, best, tensorboard/, and train_log.jsonl with one line
