@@ -167,6 +167,7 @@ def test_largest_batch_and_out_of_memory_advice(tmp_path, monkeypatch):
     run = SimpleNamespace(
         cfg=cfg, accelerator=SimpleNamespace(device=torch.device("cpu")),
         train_loader=SimpleNamespace(dataset=dataset), model=torch.nn.Linear(1, 1),
+        optimizer=SimpleNamespace(state={}), trainable=[],
     )  # fmt: skip
     with pytest.raises(trainer.TrainingError) as err:
         trainer.check_largest_batch_fits(run, cuts)
