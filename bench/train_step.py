@@ -34,18 +34,21 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def measure(variant: str, train_stage: int, args: argparse.Namespace, out: mp.Queue) -> None:
+def trainable_model(train_stage: int, **size) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+    """VALL-E (`size`: VALLE keyword arguments) and the parameters the trainer trains in
+    `train_stage` (the same `VALLE.set_train_stage` as models/tts/valle/trainer.build_model)."""
     from models.tts.valle.valle import VALLE
 
+    model = VALLE(**size, dropout=0.1, prefix_mode=1)
+    return model, model.set_train_stage(train_stage)
+
+
+def measure(variant: str, train_stage: int, args: argparse.Namespace, out: mp.Queue) -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = VALLE(**RELEASED, dropout=0.1, prefix_mode=1).to(device).train()
+    model, params = trainable_model(train_stage, **RELEASED)
+    model.to(device).train()
     model.set_gradient_checkpointing(variant == "fp32+ckpt")
-    params = [p for _, p in model.stage_named_parameters(train_stage) if p.requires_grad]
-    for p in model.parameters():
-        p.requires_grad_(False)
-    for p in params:
-        p.requires_grad_(True)
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.01)
     g = torch.Generator().manual_seed(0)
     B, S, T = args.batch, args.phones, args.frames

@@ -44,6 +44,7 @@ class SinePositionalEmbedding(nn.Module):
         super().__init__()
         assert dim % 2 == 0, f"sine positional embedding needs an even width, got {dim}"
         self.dim = dim
+        self.trainable_alpha = trainable_alpha  # VALLE.stage_named_parameters reads it
         self.alpha = nn.Parameter(torch.ones(1), requires_grad=trainable_alpha)
         self.dropout = nn.Dropout(dropout)
         # Table grown on demand. A plain attribute, not a buffer: it is not saved (like Amphion's

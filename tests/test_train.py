@@ -255,10 +255,13 @@ def run_ddp(train_args: list[str], *hooks: str) -> subprocess.CompletedProcess:
 
 
 def test_exact_resume_with_two_processes(tmp_path, processed):
-    # DDP on CPU: per-rank data shards and NAR generators, RNG states gathered from both ranks,
-    # a stop asked of one rank taken by both at the same step
+    # DDP on CPU: per-rank data shards, dropout streams and NAR generators, RNG states gathered
+    # from both ranks, a stop asked of one rank taken by both at the same step
     cfg = config(tmp_path, processed, max_steps=6)
-    check_ok(run_ddp(args(cfg, "full", "--train_stage", "0")))
+    masks = tmp_path / "dropout"
+    check_ok(run_ddp(args(cfg, "full", "--train_stage", "0"), "--record_dropout", str(masks)))
+    rank0, rank1 = (torch.load(masks / f"rank{r}.pt") for r in (0, 1))
+    assert rank0.any() and not torch.equal(rank0, rank1)  # each rank draws its own masks
     stopped = run_ddp(args(cfg, "part", "--train_stage", "0"), "--sigterm_at_step", "3")
     check_ok(stopped)
     assert "Training stopped by SIGTERM at step 3" in stopped.stdout

@@ -151,3 +151,56 @@ def test_older_stage1_cuts_are_converted_on_read_and_every_frame_is_trained(tmp_
     caplog.clear()
     load_cuts(cfg, processed, "valid")  # current-format cuts: read as they are, no warning
     assert "older stage 1" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("num_cuts", "max_sentences", "expected"),
+    [(1, 10, 0), (9, 10, 0), (10, 3, 3), (10, 2, 5), (10, 1, 10)],
+)
+def test_dynamic_sampler_buckets_what_the_split_can_fill(data, caplog, num_cuts, max_sentences,
+                                                         expected):  # fmt: skip
+    # lhotse's DynamicBucketingSampler asserts num_buckets <= cuts: a small split gets fewer
+    # buckets (each able to fill a batch of max_sentences) or none, saying so in one line
+    from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler
+
+    cfg, cuts, _ = data
+    subset = CutSet.from_cuts(list(cuts)[:num_cuts])
+    cfg.train.use_dynamic_batchsize, cfg.train.max_sentences = True, max_sentences
+    caplog.set_level("INFO")
+    try:
+        sampler = make_sampler(subset, cfg, shuffle=True, name="valid")
+        batches = list(sampler)
+    finally:
+        cfg.train.use_dynamic_batchsize, cfg.train.max_sentences = False, 10
+    if expected:
+        assert isinstance(sampler, DynamicBucketingSampler)
+        assert len(sampler.duration_bins) + 1 <= expected  # lhotse merges sparse bins
+        assert f"valid: dynamic batches with {expected} duration buckets" in caplog.text
+    else:
+        assert isinstance(sampler, DynamicCutSampler)
+        assert f"valid: dynamic batches with no duration buckets ({num_cuts} cuts" in caplog.text
+    assert sorted(c.id for b in batches for c in b) == sorted(c.id for c in subset)
+    assert all(len(b) <= max_sentences for b in batches)
+
+
+def test_stop_signal_while_a_worker_starts_does_not_kill_it(data, monkeypatch):
+    # SIGTERM to the process group can reach a dataloader worker before its worker_init_fn has
+    # set SIG_IGN (every epoch and validation start new workers): it must survive
+    import os
+    import signal
+    import time
+
+    from models.tts.valle import dataset
+
+    cfg, cuts, tok = data
+    init = dataset.ignore_stop_signals
+
+    def slow_start(worker_id):
+        time.sleep(1.0)  # the window between the fork and SIG_IGN, made wide
+        init(worker_id)
+
+    monkeypatch.setattr(dataset, "ignore_stop_signals", slow_start)
+    loader, _ = make_dataloader(cuts, cfg, tok, shuffle=False, num_workers=1)
+    batches = iter(loader)
+    os.kill(batches._workers[0].pid, signal.SIGTERM)
+    assert sum(len(b["cut_ids"]) for b in batches) == len(cuts)

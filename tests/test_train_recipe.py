@@ -5,7 +5,10 @@ accumulation. (The multi-GPU launch is tested in test_launch.py.)"""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -150,9 +153,78 @@ def test_largest_batch_and_out_of_memory_advice(tmp_path, monkeypatch):
     run = SimpleNamespace(
         cfg=cfg, accelerator=SimpleNamespace(device=torch.device("cpu")),
         train_loader=SimpleNamespace(dataset=dataset), model=torch.nn.Linear(1, 1),
+        optimizer=SimpleNamespace(state={}), trainable=[],
     )  # fmt: skip
     with pytest.raises(trainer.TrainingError) as err:
         trainer.check_largest_batch_fits(run, cuts)
     message = str(err.value)
     assert f"2 utterances, {frames[0] + frames[1]} frames" in message
     assert f"lower train.max_tokens (now {frames[0] + frames[1]})" in message
+
+
+def default_recipe_config(tmp_path: Path, processed: Path, **train) -> Path:
+    """egs/tts/VALLE/exp_config.json as shipped (dynamic batching: max_tokens 4000, max_sentences
+    10, num_buckets 10), only the paths and the model size changed (+ `train`: length, accum)."""
+    cfg = {
+        "base_config": str(REPO / "egs" / "tts" / "VALLE" / "exp_config.json"),
+        "log_dir": str(tmp_path / "exp"),
+        "preprocess": {"processed_dir": str(processed)},
+        "model": {"decoder_dim": 32, "nhead": 2, "num_decoder_layers": 1},
+        "train": train,
+    }
+    path = tmp_path / "default.json"
+    path.write_text(json.dumps(cfg), encoding="utf-8")
+    return path
+
+
+def sigterm_run_sh(after_steps: int, *options: str) -> str:
+    """run.sh --stage 2; SIGTERM to the trainer (run.sh's child) once `after_steps` steps are
+    logged, as `kill PID` would; returns the output."""
+    exp = Path(options[options.index("--config") + 1]).parent / "exp"
+    log = exp / options[options.index("--name") + 1] / "train_log.jsonl"
+    proc = subprocess.Popen(
+        ["bash", "egs/tts/VALLE/run.sh", "--stage", "2", *options], cwd=REPO, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(Path.home())},
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and (
+            not log.exists() or len(log.read_text().splitlines()) < after_steps
+        ):
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.1)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 1, children
+        os.kill(int(children[0]), signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("accum", [1, 2])
+def test_run_sh_default_dynamic_batching_small_split_resumes_exactly(tmp_path, accum):
+    # 42 train / 8 valid utterances (issue 16): fewer than the 10 buckets x 10 sentences
+    processed = make_stage1(tmp_path / "data", n_train=42, n_valid=8, frames=(40, 90))
+    train = {"max_epoch": 6} | ({"gradient_accumulation_step": accum} if accum > 1 else {})
+    cfg = str(default_recipe_config(tmp_path, processed, **train))
+    common = ("--config", cfg, "--model_train_stage", "0")
+    full = run_sh(*common, "--name", "full")
+    out = full.stdout + full.stderr
+    assert full.returncode == 0, out[-3000:]
+    assert "train: dynamic batches with 4 duration buckets (42 cuts fill 4" in out
+    assert "valid: dynamic batches with no duration buckets (8 cuts fill 0" in out
+
+    stopped = sigterm_run_sh(4, *common, "--name", "part")
+    assert "Training stopped by SIGTERM" in stopped
+    resumed = run_sh(*common, "--name", "part", "--resume", "true")
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    full_log, part_log = read_log(tmp_path / "exp" / "full"), read_log(tmp_path / "exp" / "part")
+    assert full_log == part_log and len(full_log) > 3
+    a = load_file(str(list_checkpoints(tmp_path / "exp" / "full")[-1] / "model.safetensors"))
+    b = load_file(str(list_checkpoints(tmp_path / "exp" / "part")[-1] / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

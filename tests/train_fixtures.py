@@ -8,7 +8,8 @@ waiting for espeak-ng and a codec.
 Run as a script, it trains in this process with test hooks (used through subprocesses so that a
 real SIGTERM / SIGKILL can hit it):
 
-    python tests/train_fixtures.py [--sigterm_at_step K] [--hang_in_save_at_step K] -- TRAIN ARGS
+    python tests/train_fixtures.py [--sigterm_at_step K] [--hang_in_save_at_step K]
+        [--record_dropout DIR] [--cpu_fp16] -- TRAIN ARGS
 
 (also under `torch.distributed.run`, which swallows the `--`: the hooks are told apart by name).
 """
@@ -137,6 +138,8 @@ def _runner(argv: list[str]) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--sigterm_at_step", type=int, default=0)
     p.add_argument("--hang_in_save_at_step", type=int, default=0)
+    p.add_argument("--record_dropout", default="", help="save each rank's first dropout mask")
+    p.add_argument("--cpu_fp16", action="store_true", help="accelerate's fp16 path on the CPU")
     hooks, train_args = p.parse_known_args(argv)  # the rest (after an optional --) is training's
     train_args = [a for a in train_args if a != "--"]
     logging.basicConfig(level=logging.INFO)
@@ -168,7 +171,54 @@ def _runner(argv: list[str]) -> int:
                 time.sleep(600)  # the test kills us with SIGKILL here
 
         trainer.save_checkpoint = hanging_save
+    if hooks.record_dropout:
+        record_first_dropout_mask(trainer, Path(hooks.record_dropout))
+    if hooks.cpu_fp16:
+        cpu_fp16_accelerator(trainer)
     return trainer.main(train_args)
+
+
+def record_first_dropout_mask(trainer, out_dir: Path) -> None:
+    """Save the mask of the first training-mode dropout call of this rank (a forward hook: it
+    draws no random number) to out_dir/rank<R>.pt."""
+    import torch
+
+    build_model = trainer.build_model
+
+    def build_and_hook(*a, **k):
+        model, trainable = build_model(*a, **k)
+        dropout = next(m for m in model.modules() if isinstance(m, torch.nn.Dropout) and m.p > 0)
+
+        def hook(module, inputs, output):
+            if module.training and not hasattr(hook, "done"):
+                hook.done = True
+                mask = (output == 0) & (inputs[0] != 0)
+                out_dir.mkdir(parents=True, exist_ok=True)
+                torch.save(mask.flatten()[:512], out_dir / f"rank{os.environ.get('RANK', '0')}.pt")
+
+        dropout.register_forward_hook(hook)
+        return model, trainable
+
+    trainer.build_model = build_and_hook
+
+
+def cpu_fp16_accelerator(trainer) -> None:
+    """accelerate refuses fp16 on the CPU; give it a CPU GradScaler and fp16 autocast anyway so
+    that the recipe's fp16 code path (scaled backward, unscale in clip, scaler-skipped updates,
+    scaler state in checkpoints) runs here. A scale that grows every 2 steps makes the
+    scaler skip updates now and then, as it does on a GPU."""
+    import torch
+
+    make_accelerator = trainer.make_accelerator
+
+    def make(cfg):
+        acc = make_accelerator(cfg)
+        acc.state._mixed_precision = "fp16"
+        acc.native_amp = True
+        acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=2)
+        return acc
+
+    trainer.make_accelerator = make
 
 
 if __name__ == "__main__":

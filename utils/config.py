@@ -178,6 +178,7 @@ class TrainConfig:
     keep_last: int = 3  # checkpoints kept besides the best
     max_nonfinite_steps: int = 10  # consecutive NaN/Inf losses before stopping
     nar_prompt_seconds: float = 3.0  # prefix_mode 4: prompt = min(this, shortest in batch) (s)
+    check_largest_batch: bool = True  # CUDA: try the largest batch (+ AdamW state) before training
 
     def validate(self) -> None:
         _check(self.train_stage in (0, 1, 2), "train_stage", "must be 0 (both), 1 (AR) or 2 (NAR)")

@@ -13,7 +13,10 @@ A batch is a dict (what the trainer feeds to `VALLE.forward`):
 Batches come from lhotse samplers: `DynamicBucketingSampler` when `train.use_dynamic_batchsize`
 (at most `max_tokens` codec frames and `max_sentences` utterances per batch, `num_buckets` duration
 buckets), else `SimpleCutSampler` with `batch_size` utterances. Both shuffle with
-`train.random_seed` + epoch and give every rank its own shard (`world_size`, `rank`).
+`train.random_seed` + epoch and give every rank its own shard (`world_size`, `rank`). A split too
+small for `num_buckets` buckets gets fewer (each bucket must be able to fill a batch of
+`max_sentences`), or with fewer than 2 such buckets `DynamicCutSampler` (same limits, no
+buckets); `make_sampler` logs which one and why.
 
 `ResumableBatches` wraps the sampler so a checkpoint can record the exact position in the epoch:
 the trainer counts the batches it has *consumed* (dataloader workers prefetch ahead of that, so
@@ -36,7 +39,7 @@ import torch
 from lhotse import CutSet, combine
 from lhotse.array import TemporalArray, seconds_to_frames
 from lhotse.cut import Cut
-from lhotse.dataset import DynamicBucketingSampler, SimpleCutSampler
+from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler, SimpleCutSampler
 from lhotse.dataset.sampling.base import CutSampler
 
 from models.codec.encodec import SAMPLE_RATE, codec_span
@@ -277,6 +280,18 @@ class VALLEDataset(torch.utils.data.Dataset):
         return batch
 
 
+def num_buckets_for(num_cuts: int, cfg: Config) -> tuple[int, str]:
+    """Duration buckets a split of `num_cuts` can fill (each at least one batch of
+    max_sentences), at most train.num_buckets; below 2 bucketing is off. (number, why)."""
+    train = cfg.train
+    fillable = num_cuts // train.max_sentences
+    if train.num_buckets >= 2 and fillable >= train.num_buckets:
+        return train.num_buckets, f"train.num_buckets = {train.num_buckets}"
+    why = (f"{num_cuts} cuts fill {fillable} bucket(s) of train.max_sentences = "
+           f"{train.max_sentences} (train.num_buckets = {train.num_buckets})")  # fmt: skip
+    return (fillable if fillable >= 2 and train.num_buckets >= 2 else 0), why
+
+
 def make_sampler(
     cuts: CutSet,
     cfg: Config,
@@ -285,8 +300,10 @@ def make_sampler(
     world_size: int = 1,
     rank: int = 0,
     drop_last: bool = False,
+    name: str = "",
 ) -> CutSampler:
-    """The lhotse sampler the config asks for (see module docstring)."""
+    """The lhotse sampler the config asks for (see module docstring); logs the dynamic-batching
+    choice for split `name` (rank 0)."""
     train = cfg.train
     common = dict(
         shuffle=shuffle,
@@ -295,18 +312,20 @@ def make_sampler(
         world_size=world_size,
         rank=rank,
     )
-    if train.use_dynamic_batchsize:
-        hop = cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
-        with warnings.catch_warnings():  # the cuts are eager on purpose: filtered and reported
-            warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
-            return DynamicBucketingSampler(
-                cuts,
-                max_duration=train.max_tokens * hop,  # max_tokens counts codec frames, like Amphion
-                max_cuts=train.max_sentences,
-                num_buckets=train.num_buckets,
-                **common,
-            )
-    return SimpleCutSampler(cuts, max_cuts=train.batch_size, **common)
+    if not train.use_dynamic_batchsize:
+        return SimpleCutSampler(cuts, max_cuts=train.batch_size, **common)
+    hop = cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
+    # max_tokens counts codec frames, like Amphion
+    limits = dict(max_duration=train.max_tokens * hop, max_cuts=train.max_sentences)
+    buckets, why = num_buckets_for(len(cuts), cfg)
+    if rank == 0:
+        chosen = f"{buckets} duration buckets" if buckets else "no duration buckets"
+        logger.info("%s: dynamic batches with %s (%s)", name or "cuts", chosen, why)
+    with warnings.catch_warnings():  # the cuts are eager on purpose: filtered and reported
+        warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
+        if not buckets:
+            return DynamicCutSampler(cuts, **limits, **common)
+        return DynamicBucketingSampler(cuts, **limits, num_buckets=buckets, **common)
 
 
 class ResumableBatches:
@@ -347,11 +366,32 @@ class ResumableBatches:
         }
 
 
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 def ignore_stop_signals(worker_id: int) -> None:
     """Dataloader workers leave Ctrl-C / SIGTERM to the trainer, which finishes the step and
-    saves; a worker killed by the signal would break that (torch ends orphaned workers itself)."""
+    saves; a worker killed by the signal would break that (torch ends orphaned workers itself).
+    The worker starts with them blocked (`StopSafeDataLoader`): one that came meanwhile is
+    dropped here, after SIG_IGN."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+class StopSafeDataLoader(torch.utils.data.DataLoader):
+    """Starts its workers with SIGINT / SIGTERM blocked, so that a signal sent to the whole
+    process group (a batch scheduler's SIGTERM, Ctrl-C) while a worker is still starting, before
+    `ignore_stop_signals` runs in it, cannot kill it (each epoch and validation start workers)."""
+
+    def __iter__(self):
+        if self.num_workers == 0:
+            return super().__iter__()
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            return super().__iter__()
+        finally:  # the trainer's own pending signal is delivered here, to its handler
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def make_dataloader(
@@ -363,16 +403,17 @@ def make_dataloader(
     world_size: int = 1,
     rank: int = 0,
     num_workers: int = 0,
+    name: str = "",
 ) -> tuple[torch.utils.data.DataLoader, ResumableBatches]:
     batches = ResumableBatches(
-        make_sampler(cuts, cfg, shuffle=shuffle, world_size=world_size, rank=rank)
+        make_sampler(cuts, cfg, shuffle=shuffle, world_size=world_size, rank=rank, name=name)
     )
     prompts = None
     if cfg.model.prefix_mode == 4:
         pre = cfg.preprocess
         frames = max(1, round(cfg.train.nar_prompt_seconds * pre.sample_rate / pre.codec_hop_size))
         prompts = SpeakerPrompts(cuts, frames, cfg.train.random_seed)
-    loader = torch.utils.data.DataLoader(
+    loader = StopSafeDataLoader(
         VALLEDataset(tokenizer, cfg.model.num_quantizers, prompts),
         sampler=batches,
         batch_size=None,

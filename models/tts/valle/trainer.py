@@ -11,11 +11,19 @@ One optimizer step (gradient accumulation over `train.gradient_accumulation_step
     accelerator.backward(loss / accum)   (no DDP all-reduce until the last micro-batch)
     clip_grad_norm_ (unscales first)  ->  optimizer.step  ->  scheduler.step  ->  zero_grad
 
-Randomness and exact resume: the model's dropout uses torch's global RNG; the NAR stage and the
-NAR prompt length are drawn from a per-rank `torch.Generator` seeded `random_seed + rank`
-(Amphion used one `random.Random(0)` that was identical on every GPU). The checkpoint stores the
-states of python / numpy / torch (+ CUDA) RNGs and that generator for every rank, the sampler
-position (epoch + batches consumed) and the counters, so a resumed run continues bit for bit.
+so an update is the mean over its micro-batches of their per-frame losses; the epoch's last group
+may hold fewer than `accum` micro-batches and is rescaled to the mean of those it holds. Under
+fp16 the loss scaler may skip an update (inf/nan in the scaled grads): it is logged and counted
+(`"skipped": true, "reason": "fp16 overflow"` in train_log.jsonl) and advances neither the step
+count nor the LR schedule (`step` counts applied updates); the scaler state is checkpointed.
+
+Randomness and exact resume: initial weights come from `random_seed` on every rank (identical);
+then each rank reseeds with `random_seed + 1 + rank` (accelerate's `set_seed(device_specific)`)
+so that its dropout masks are its own, and the NAR stage / NAR prompt length draws come from a
+per-rank `torch.Generator` seeded from that rank's python RNG (Amphion used one
+`random.Random(0)` that was identical on every GPU). The checkpoint stores the states of python /
+numpy / torch (+ CUDA) RNGs and that generator for every rank, the sampler position (epoch +
+batches consumed), the fp16 scaler and the counters, so a resumed run continues bit for bit.
 
 Outputs in `<log_dir>/<exp_name>/` (docs/ARCHITECTURE.md): config.json, symbols.dict,
 checkpoint/<epoch-..._step-..._loss-...>/, best, tensorboard/, and train_log.jsonl with one line
@@ -43,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
+from accelerate.utils import set_seed
 
 from models.tts.valle.dataset import (
     DataError,
@@ -78,6 +87,8 @@ from utils.config import Config, config_to_dict, load_config, resolve_path, save
 logger = logging.getLogger("codectts.train")
 
 METRIC_PARTS = ("ar", "nar")
+# fp16 scaler skips in a row before giving up: 2**-32 of the start scale, far below any real one
+MAX_OVERFLOWS_IN_A_ROW = 32
 
 
 class TrainingError(RuntimeError):
@@ -148,6 +159,8 @@ class Run:
     batches_done: int = 0  # batches of this epoch consumed (mid-epoch resume position)
     nonfinite_in_a_row: int = 0
     nonfinite_total: int = 0
+    overflow_in_a_row: int = 0  # fp16 updates the loss scaler skipped (inf/nan scaled grads)
+    overflow_total: int = 0
     best_valid_loss: float = math.inf
     last_valid: dict = field(default_factory=dict)  # {"step": .., "loss": ..} of the last one
     epoch_loss_sum: float = 0.0
@@ -325,11 +338,7 @@ def build_model(cfg: Config, train_stage: int, init_from: Path | None) -> tuple[
         logger.info("weights loaded from %s", init_from)
     if train_stage == 2 and cfg.model.num_quantizers < 2:
         raise TrainingError("train_stage 2 trains the NAR decoders: needs model.num_quantizers > 1")
-    trainable = [p for _, p in model.stage_named_parameters(train_stage)]
-    keep = {id(p) for p in trainable}
-    for p in model.parameters():  # frozen decoder: no grads, so DDP and AdamW never touch it
-        p.requires_grad_(id(p) in keep)
-    trainable = [p for p in trainable if p.requires_grad]  # NAR position alphas are fixed
+    trainable = model.set_train_stage(train_stage)  # the NAR positional alphas stay at 1
     model.set_gradient_checkpointing(cfg.train.gradient_checkpointing)
     return model, trainable
 
@@ -381,9 +390,19 @@ def train(args: argparse.Namespace) -> int:
         return 0
     resume_from, init_from = pick_checkpoints(args, exp_dir, train_stage)
     training_state = check_start(resume_from, init_from, fingerprint, train_stage)
+    # the data, their filters and the samplers are checked before any model is built
+    world, rank = accelerator.num_processes, accelerator.process_index
+    train_cuts, valid_cuts = (
+        load_data(cfg, processed_dir, s, tokenizer) for s in ("train", "valid")
+    )
+    workers = auto_num_workers(cfg.train.num_workers, world)
+    loaders = {
+        split: make_dataloader(cuts, cfg, tokenizer, shuffle=split == "train", world_size=world,
+                               rank=rank, num_workers=workers, name=split)
+        for split, cuts in (("train", train_cuts), ("valid", valid_cuts))
+    }  # fmt: skip
 
-    # same seed on every rank: identical initial weights before DDP broadcasts them anyway
-    seed_everything(cfg.train.random_seed)
+    set_seed(cfg.train.random_seed)  # the same on every rank: identical initial weights
     model, trainable = build_model(cfg, train_stage, init_from)
     optimizer = torch.optim.AdamW(
         trainable,
@@ -392,19 +411,12 @@ def train(args: argparse.Namespace) -> int:
         weight_decay=cfg.train.weight_decay,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-
-    train_cuts, valid_cuts = (
-        load_data(cfg, processed_dir, s, tokenizer) for s in ("train", "valid")
-    )
-    world, rank = accelerator.num_processes, accelerator.process_index
-    workers = auto_num_workers(cfg.train.num_workers, world)
-    train_loader, train_batches = make_dataloader(
-        train_cuts, cfg, tokenizer, shuffle=True, world_size=world, rank=rank, num_workers=workers
-    )
-    valid_loader, _ = make_dataloader(
-        valid_cuts, cfg, tokenizer, shuffle=False, world_size=world, rank=rank, num_workers=workers
-    )
     model, optimizer = accelerator.prepare(model, optimizer)
+    # From here on each rank has its own streams: seed + 1 + rank for dropout (torch's global
+    # RNG; + 1 so that rank 0 does not replay the init's numbers), and a NAR generator seeded
+    # from this rank's python RNG (a stream apart from the dropout one).
+    set_seed(cfg.train.random_seed + 1, device_specific=True)
+    nar_generator = torch.Generator().manual_seed(random.getrandbits(63))
     run = Run(
         cfg=cfg,
         args=args,
@@ -414,12 +426,12 @@ def train(args: argparse.Namespace) -> int:
         trainable=trainable,
         optimizer=optimizer,
         scheduler=scheduler,
-        train_loader=train_loader,
-        train_batches=train_batches,
-        valid_loader=valid_loader,
+        train_loader=loaders["train"][0],
+        train_batches=loaders["train"][1],
+        valid_loader=loaders["valid"][0],
         train_stage=train_stage,
         data_fingerprint=fingerprint,
-        nar_generator=torch.Generator().manual_seed(cfg.train.random_seed + rank),
+        nar_generator=nar_generator,
         steps_per_epoch_estimate=estimate_steps_per_epoch(train_cuts, cfg, world),
     )
     prepare_experiment_dir(run, processed_dir)
@@ -430,7 +442,7 @@ def train(args: argparse.Namespace) -> int:
             "resumed %s: epoch %d, step %d (%d batches into the epoch)",
             resume_from, run.epoch, run.step, run.batches_done,
         )  # fmt: skip
-    if accelerator.device.type == "cuda":
+    if accelerator.device.type == "cuda" and cfg.train.check_largest_batch:
         check_largest_batch_fits(run, train_cuts)
     if is_main(run):
         from torch.utils.tensorboard import SummaryWriter
@@ -466,9 +478,30 @@ def load_data(cfg: Config, processed_dir: Path, split: str, tokenizer: TextToken
         logger.warning("%s: left out %d cuts (%s%s)", split, len(rejected), shown,
                        " ..." if len(rejected) > 5 else "")  # fmt: skip
     if len(cuts) == 0:
-        raise DataError(f"no usable {split} cuts in {processed_dir} (see the warnings above)")
+        raise DataError(empty_split_message(cfg, processed_dir, split, rejected))
     check_phones(cuts, tokenizer)
     return cuts
+
+
+def empty_split_message(cfg: Config, processed_dir: Path, split: str, rejected: list) -> str:
+    """Which filters left no usable cut in a split, and what to change."""
+    if not rejected:
+        return f"the {split} split in {processed_dir} holds no cuts: rerun stage 1"
+    filters = {  # filter_cuts' reasons -> the config keys behind them
+        "duration": f"preprocess.min_duration / max_duration = [{cfg.preprocess.min_duration}, "
+        f"{cfg.preprocess.max_duration}] s",
+        "no custom": "stage-1 fields (custom['phones'], codes): rerun stage 1",
+        "longer than": f"train.max_tokens = {cfg.train.max_tokens} codec frames",
+    }
+    counts = {}
+    for _, why in rejected:
+        key = next((f for k, f in filters.items() if why.startswith(k)), why)
+        counts[key] = counts.get(key, 0) + 1
+    return (
+        f"no usable {split} cuts in {processed_dir}: all {len(rejected)} were left out by "
+        + "; ".join(f"{key} ({n} cuts)" for key, n in counts.items())
+        + ". Widen these limits in the config or give the split other utterances."
+    )
 
 
 def estimate_steps_per_epoch(cuts, cfg: Config, world: int) -> int:
@@ -487,12 +520,6 @@ def estimate_steps_per_epoch(cuts, cfg: Config, world: int) -> int:
 # --------------------------------------------------------------------------------------------
 # RNG, checkpoint state
 # --------------------------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def rng_state(run: Run) -> dict:
@@ -535,9 +562,13 @@ def training_state(run: Run) -> dict:
         "epoch": run.epoch,
         "batches_done": run.batches_done,
         "world_size": run.accelerator.num_processes,
+        # fp16: the loss scale and its growth tracker (the same on every rank)
+        "scaler": run.accelerator.scaler.state_dict() if run.accelerator.scaler else None,
         "counters": {
             "nonfinite_in_a_row": run.nonfinite_in_a_row,
             "nonfinite_total": run.nonfinite_total,
+            "overflow_in_a_row": run.overflow_in_a_row,
+            "overflow_total": run.overflow_total,
             "best_valid_loss": run.best_valid_loss,
             "epoch_loss_sum": run.epoch_loss_sum,
             "epoch_loss_steps": run.epoch_loss_steps,
@@ -550,6 +581,12 @@ def restore_training_state(run: Run, state: dict) -> None:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     run.step, run.epoch, run.batches_done = state["step"], state["epoch"], state["batches_done"]
+    scaler = run.accelerator.scaler
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    elif scaler is not None:
+        logger.warning("the checkpoint has no fp16 loss-scaler state (not trained in fp16): "
+                       "the loss scale starts afresh")  # fmt: skip
     for key, value in state["counters"].items():
         setattr(run, key, value)
     run.last_valid = dict(state.get("last_valid", {}))
@@ -630,21 +667,39 @@ def lookahead(iterable):
     yield current, True
 
 
-def optimizer_step(run: Run, grads_finite: bool) -> tuple[bool, torch.Tensor | None]:
-    """unscale -> clip -> step -> scheduler -> zero_grad; skipped when a loss or the gradient
-    norm is not finite. Returns (stepped, grad norm)."""
+def optimizer_step(run: Run, grads_finite: bool) -> tuple[str, torch.Tensor | None]:
+    """unscale -> clip -> step -> scheduler -> zero_grad. Returns (outcome, grad norm): "stepped";
+    "nonfinite" (a loss or the grad norm is not finite: no update); "overflow" (fp16: the loss
+    scaler found inf/nan in the scaled grads, skipped the update and lowered the scale).
+
+    Only an applied update advances the LR schedule (and, in train_one_epoch, the step count):
+    `step` counts updates, so max_steps, the schedule and a resume mean the same with or without
+    fp16 overflows."""
     acc, grad_norm = run.accelerator, None
     if grads_finite:
         max_norm = run.cfg.train.grad_clip if run.cfg.train.grad_clip > 0 else math.inf
         grad_norm = acc.clip_grad_norm_(run.trainable, max_norm)  # unscales fp16 grads first
         # fp16: inf grads are the loss scaler's business (it skips the step and rescales)
-        grads_finite = bool(torch.isfinite(grad_norm)) or acc.mixed_precision == "fp16"
+        grads_finite = bool(torch.isfinite(grad_norm)) or acc.scaler is not None
+    outcome = "nonfinite"
     if grads_finite:
         run.optimizer.step()
-        if not acc.optimizer_step_was_skipped:
+        outcome = "overflow" if acc.optimizer_step_was_skipped else "stepped"
+        if outcome == "stepped":
             run.scheduler.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return grads_finite, grad_norm
+    return outcome, grad_norm
+
+
+def rescale_partial_group(run: Run, accumulated: int) -> None:
+    """The epoch's last group can hold fewer than gradient_accumulation_step micro-batches, each
+    backpropagated as loss / accum: rescale so the update is the mean of the per-frame losses of
+    the micro-batches really accumulated, like every full group's."""
+    accum = run.cfg.train.gradient_accumulation_step
+    if accumulated < accum:
+        for p in run.trainable:
+            if p.grad is not None:
+                p.grad.mul_(accum / accumulated)
 
 
 def train_one_epoch(run: Run) -> str:
@@ -671,11 +726,16 @@ def train_one_epoch(run: Run) -> str:
             continue
 
         lr = run.scheduler.get_last_lr()[0]  # the lr this step uses
-        stepped, grad_norm = optimizer_step(run, group_finite)
+        if group_finite:
+            rescale_partial_group(run, len(group))
+        outcome, grad_norm = optimizer_step(run, group_finite)
+        stepped = outcome == "stepped"
         if stepped:
             run.step += 1
-            run.nonfinite_in_a_row = 0
+            run.nonfinite_in_a_row = run.overflow_in_a_row = 0
             log_step(run, group, grad_norm, lr, time.perf_counter() - t0)
+        elif outcome == "overflow":
+            note_overflow(run, group_cuts)
         else:
             note_nonfinite(run, group, group_cuts)
         group, group_finite, group_cuts, t0 = [], True, [], time.perf_counter()
@@ -711,6 +771,28 @@ def note_nonfinite(run: Run, group: list[dict], cut_ids: list[str]) -> None:
             f"gradient (train.max_nonfinite_steps = {limit}); stopping. Last batch: cuts "
             f"{', '.join(cut_ids)}. Check these utterances, lower train.base_lr, or use bf16 "
             "instead of fp16."
+        )
+
+
+def note_overflow(run: Run, cut_ids: list[str]) -> None:
+    """fp16: the scaler skipped an update (normal while it finds its scale); counted and logged,
+    the step count and LR schedule do not advance. Endless overflows mean the gradients are
+    not finite at any scale: stop rather than loop without training."""
+    run.overflow_in_a_row += 1
+    run.overflow_total += 1
+    scale = run.accelerator.scaler.get_scale()
+    logger.info("fp16 loss-scale overflow before step %d: update skipped, loss scale now %g "
+                "(%d skipped in total)", run.step + 1, scale, run.overflow_total)  # fmt: skip
+    if is_main(run):
+        append_jsonl(run, {"step": run.step + 1, "skipped": True, "reason": "fp16 overflow",
+                           "loss_scale": scale, "cut_ids": cut_ids})  # fmt: skip
+        if run.writer is not None:
+            run.writer.add_scalar("train/fp16_skipped_steps", run.overflow_total, run.step)
+    if run.overflow_in_a_row >= MAX_OVERFLOWS_IN_A_ROW:
+        raise TrainingError(
+            f"{run.overflow_in_a_row} fp16 updates in a row overflowed (loss scale now {scale:g}):"
+            f" the gradients are not finite. Last batch: cuts {', '.join(cut_ids)}. Lower "
+            "train.base_lr or use bf16 instead of fp16."
         )
 
 
@@ -905,15 +987,22 @@ def largest_batch(cuts, cfg: Config) -> list:
 
 
 def check_largest_batch_fits(run: Run, cuts) -> None:
-    """CUDA: run forward + backward on the largest batch the sampler can form, before the first
-    epoch, so an out-of-memory happens now with advice instead of hours into training."""
+    """CUDA (opt out: train.check_largest_batch false): run forward + backward on the largest
+    batch the sampler can form, next to a stand-in for AdamW's state (2 tensors per trainable
+    parameter) unless the optimizer already holds it (resume), so an out-of-memory happens now
+    with advice instead of hours into training. Leaves no trace: RNGs forked, grads dropped,
+    buffers (BatchNorm running statistics of add_prenet) restored."""
     from lhotse import CutSet
 
     cfg, device = run.cfg.train, run.accelerator.device
     chosen = largest_batch(cuts, run.cfg)
     batch = run.train_loader.dataset[CutSet.from_cuts(chosen)]
     cuda = device.type == "cuda"
+    buffers = {name: b.detach().clone() for name, b in run.model.named_buffers()}
+    adam_state = []
     try:
+        if not run.optimizer.state:  # exp_avg + exp_avg_sq, allocated at the first step
+            adam_state = [torch.zeros_like(p) for p in run.trainable for _ in range(2)]
         with torch.random.fork_rng(devices=[device] if cuda else []):
             loss, _ = batch_loss(run, batch, torch.Generator().manual_seed(0))
             run.accelerator.backward(loss)
@@ -929,7 +1018,11 @@ def check_largest_batch_fits(run: Run, cuts) -> None:
             "train.gradient_checkpointing true."
         ) from None
     finally:
+        del adam_state
         run.model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for name, b in run.model.named_buffers():
+                b.copy_(buffers[name])
         if cuda:
             torch.cuda.empty_cache()
     if cuda:

@@ -276,9 +276,26 @@ class VALLE(nn.Module):
             self.nar_decoder.gradient_checkpointing = enabled
 
     def stage_named_parameters(self, train_stage: int) -> list[tuple[str, nn.Parameter]]:
-        """Parameters trained in a train_stage: 1 = ``ar_*``, 2 = ``nar_*``, 0 = all."""
+        """Parameters trained in a train_stage: 1 = ``ar_*``, 2 = ``nar_*``, 0 = all; never the
+        NAR positional alphas (fixed at 1, Amphion's ``alpha=False``), whatever requires_grad."""
         prefix = {0: "", 1: "ar_", 2: "nar_"}[train_stage]
-        return [(n, p) for n, p in self.named_parameters() if n.startswith(prefix)]
+        fixed = {
+            f"{name}.alpha"
+            for name, m in self.named_modules()
+            if isinstance(m, SinePositionalEmbedding) and not m.trainable_alpha
+        }
+        return [
+            (n, p) for n, p in self.named_parameters() if n.startswith(prefix) and n not in fixed
+        ]
+
+    def set_train_stage(self, train_stage: int) -> list[nn.Parameter]:
+        """Freeze everything but `stage_named_parameters(train_stage)` (no grads, so DDP and
+        AdamW never touch it) and return those: what the trainer and bench/train_step train."""
+        trainable = [p for _, p in self.stage_named_parameters(train_stage)]
+        keep = {id(p) for p in trainable}
+        for p in self.parameters():
+            p.requires_grad_(id(p) in keep)
+        return trainable
 
     # ------------------------------------------------------------------ training forward
 
