@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
 from models.codec.encodec import CodecTokenizer
-from models.tts.toktts import save_model_dir, text_to_speech_pipeline
+from models.tts.toktts import load_model_dir, save_model_dir, text_to_speech_pipeline
 from models.tts.toktts.decode import generate
 from models.tts.toktts.model import (
     IGNORE,
@@ -26,6 +27,7 @@ from models.tts.toktts.model import (
     make_batch,
     tokens_to_codes,
 )
+from models.tts.toktts.pipeline import ModelDirError
 from modules.seeding import utterance_generators
 from utils.config import ConfigError
 
@@ -238,3 +240,28 @@ def test_pipeline_from_a_saved_random_init_model_dir(tmp_path, chars, random_mod
     assert len(short) == 3 * 320
     with pytest.raises(UnknownCharacterError, match="'I'"):
         pipeline("I am happy you are here")
+
+
+def test_model_dir_errors_name_the_file_and_leave_nothing_half_written(
+    tmp_path, chars, random_model, codec
+):
+    with pytest.raises(ModelDirError, match=r"config\.json not found"):
+        load_model_dir(tmp_path / "missing")
+    with pytest.raises(ModelDirError, match="needs 2"):  # a 6 kbps codec: 8 codebooks
+        save_model_dir(tmp_path / "m", random_model, chars, SimpleNamespace(num_quantizers=8,
+                       bandwidth=6.0), random_init=True)  # fmt: skip
+    broken = SimpleNamespace(num_quantizers=2, save=lambda d: 1 / 0)  # fails mid-way
+    with pytest.raises(ZeroDivisionError):
+        save_model_dir(tmp_path / "m", random_model, chars, broken, random_init=True)
+    assert list(tmp_path.iterdir()) == []  # no folder, no temporary left behind
+    model_dir = save_model_dir(tmp_path / "m", random_model, chars, codec, random_init=True)
+    CharTable(["a", "b"]).save(model_dir / "chars.json")
+    with pytest.raises(ModelDirError, match=r"chars\.json: 3 ids, but the model has vocab_size"):
+        load_model_dir(model_dir)
+    other = TokTTS(tiny_config(chars, dim=32))
+    save_model_dir(model_dir, other, chars, codec, random_init=True)  # replaces the folder
+    config = json.loads((model_dir / "config.json").read_text())
+    config["model"]["dim"] = 64
+    (model_dir / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelDirError, match=r"model\.safetensors: .*size mismatch"):
+        load_model_dir(model_dir)

@@ -64,8 +64,11 @@ class CharTable:
     FORMAT = "codectts-chars-1"
 
     def __init__(self, chars: list[str]):
-        assert all(len(c) == 1 for c in chars), "every table entry must be one character"
-        assert len(set(chars)) == len(chars), "characters must be unique"
+        bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
+        if bad:
+            raise ValueError(f"character table entries must be single characters, got {bad[:5]}")
+        if len(set(chars)) != len(chars):
+            raise ValueError("character table entries must be unique")
         self.chars = list(chars)
         self.ids = {c: i + 1 for i, c in enumerate(self.chars)}
 
@@ -104,7 +107,10 @@ class CharTable:
             raise ValueError(f"{path}: cannot read the character table ({e})") from None
         if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
             raise ValueError(f"{path}: not a character table (expected format {cls.FORMAT!r})")
-        return cls(data["chars"])
+        try:
+            return cls(data.get("chars"))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------------

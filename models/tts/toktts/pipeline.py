@@ -4,7 +4,7 @@ A model folder is self-describing::
 
     <model_dir>/
         config.json        {"format": "codectts-toktts-1", "model": {...TokTTSConfig...},
-                            "random_init": bool, "chars": "chars.json", "codec": "codec"}
+                            "random_init": bool}
         model.safetensors  TokTTS state dict
         chars.json         the character table (CharTable.save)
         codec/codec.json   the EnCodec 24 kHz 1.5 kbps codec that made the training tokens
@@ -38,7 +38,7 @@ FORMAT = "codectts-toktts-1"
 CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 CHARS = "chars.json"
-CODEC = "codec"
+CODEC = "codec"  # CodecTokenizer.from_processed_dir(model_dir) reads codec/codec.json
 RANDOM_INIT_WARNING = (
     "RANDOM-INIT TokTTS model in %s: its weights were never trained, so its audio is "
     "MEANINGLESS (use it only for tests and plumbing checks)"
@@ -84,8 +84,6 @@ def save_model_dir(
             "format": FORMAT,
             "model": model.cfg.to_dict(),
             "random_init": random_init,
-            "chars": CHARS,
-            "codec": CODEC,
         }
         (tmp / CONFIG).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return Path(model_dir)
@@ -101,19 +99,37 @@ def load_model_dir(
     config_path = root / CONFIG
     if not config_path.is_file():
         raise ModelDirError(f"{config_path} not found: {root} is not a TokTTS model folder")
-    meta = json.loads(config_path.read_text(encoding="utf-8"))
-    if meta.get("format") != FORMAT:
-        raise ModelDirError(f"{config_path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    try:
+        meta = json.loads(config_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ModelDirError(f"{config_path}: not valid JSON ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ModelDirError(f"{config_path}: not a TokTTS model config (format {FORMAT!r})")
+    if not isinstance(meta.get("model"), dict):
+        raise ModelDirError(f"{config_path}: no 'model' section")
     cfg = TokTTSConfig.from_dict(meta["model"], f"{config_path} (model section)")
     model = TokTTS(cfg)
     try:
         state = load_tensor_file(root / WEIGHTS)
     except CheckpointError as e:
         raise ModelDirError(str(e)) from None
-    model.load_state_dict(state)
-    chars = CharTable.load(root / meta["chars"])
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as e:  # wrong keys or shapes: first problem only (the list is long)
+        first = [line.strip() for line in str(e).splitlines() if line.strip()][1:2]
+        raise ModelDirError(
+            f"{root / WEIGHTS}: the weights do not fit the model section of {config_path} "
+            f"({first[0] if first else e})"
+        ) from None
+    chars_path = root / CHARS
+    try:
+        chars = CharTable.load(chars_path)
+    except ValueError as e:
+        raise ModelDirError(str(e)) from None
     if len(chars) != cfg.vocab_size:
-        raise ModelDirError(f"{root / meta['chars']}: {len(chars)} ids, model vocab_size differs")
+        raise ModelDirError(
+            f"{chars_path}: {len(chars)} ids, but the model has vocab_size {cfg.vocab_size}"
+        )
     codec = CodecTokenizer.from_processed_dir(root, device=device)
     if codec.num_quantizers != cfg.num_codebooks:
         raise ModelDirError(
