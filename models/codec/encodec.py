@@ -397,6 +397,18 @@ class CodecTokenizer:
         frames = [(codes.to(self.device).permute(0, 2, 1).long(), None)]
         return self.model.decode(frames)[:, 0, : codes.shape[1] * HOP]
 
+    def encode_first_seconds(
+        self, wavs: list[torch.Tensor], seconds: float, batched: bool | None = None
+    ) -> list[torch.Tensor]:
+        """Codes of the first `seconds` of each wav: at most round(seconds * 75) frames each.
+
+        Only those samples are encoded (a whole number of 320-sample frames). The encoder is
+        causal, so these equal the first frames of encoding the whole wav (tests check it).
+        """
+        frames = round(seconds * self.model.frame_rate)
+        assert frames >= 1, f"{seconds} s is less than one codec frame"
+        return self.encode([w[: frames * HOP] for w in wavs], batched=batched)
+
 
 def codec_span(cut: Cut) -> Cut:
     """The cut with its duration set to the time its codes cover (what stage 1 writes).

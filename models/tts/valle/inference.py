@@ -20,7 +20,6 @@ so its output does not depend on the batch size, the list order or the other lin
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
@@ -36,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from models.tts.valle.valle import VALLE
+from modules.seeding import utterance_seed
 from text.g2p import phonemize
 from text.symbol_table import TextTokenizer
 from utils.audio import AudioError, load_audio, save_audio
@@ -435,13 +435,6 @@ def load_prompt(path: Path, sample_rate: int, max_seconds: float, trim: bool) ->
         max_seconds,
     )
     return wav[:limit]
-
-
-def utterance_seed(seed: int, name: str) -> int:
-    """The sampling seed of one utterance: a hash of the run's seed and the output name, so an
-    utterance draws the same numbers at any batch size, list order or in a partial re-run."""
-    digest = hashlib.sha256(f"{seed}\0{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1  # 63 bits: a valid manual_seed
 
 
 # --------------------------------------------------------------------------------------------
