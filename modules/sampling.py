@@ -4,10 +4,13 @@
 the smallest set of best tokens whose probability mass exceeds ``top_p`` (the token that crosses
 the threshold is kept; Hugging Face / Amphion semantics); everything else becomes ``-inf``.
 ``sample`` draws from the filtered softmax with an optional ``torch.Generator`` so a seed makes
-decoding reproducible.
+decoding reproducible; a list of generators (one per row) makes each row's draw depend only on
+its own generator and logits, not on the other rows of the batch.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -39,13 +42,25 @@ def sample(
     top_k: int = 0,
     top_p: float = 1.0,
     temperature: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """logits (B, V) -> sampled ids (B,) int64. ``top_k == 1`` is greedy (argmax, no RNG use)."""
+    """logits (B, V) -> sampled ids (B,) int64. ``top_k == 1`` is greedy (argmax, no RNG use).
+
+    ``generator``: one generator for the whole batch (rows draw from one stream, so a row's
+    draw depends on the rows before it), or a sequence of B generators: row b draws only from
+    ``generator[b]``.
+    """
     assert temperature > 0.0, f"temperature must be > 0, got {temperature}"
     if top_k == 1:
         return logits.argmax(dim=-1)
     if temperature != 1.0:
         logits = logits / temperature
     probs = F.softmax(filter_logits(logits, top_k, top_p).float(), dim=-1)
+    if isinstance(generator, Sequence):
+        assert len(generator) == len(probs), f"{len(generator)} generators for {len(probs)} rows"
+        rows = [
+            torch.multinomial(p[None], 1, generator=g)
+            for p, g in zip(probs, generator, strict=True)
+        ]
+        return torch.cat(rows).squeeze(-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
