@@ -111,3 +111,10 @@ def test_sampling_is_batch_independent(world):
     assert not torch.equal(again[2].raw, res[2].raw)  # its own seed changes only that item
     greedy = generate(model, *batch, max_new_tokens=30)
     assert any(not torch.equal(g.raw, r.raw) for g, r in zip(greedy, res, strict=True))
+
+
+def test_cap_shorter_than_the_delay_gives_no_frame(world):
+    model, inp, _ = world
+    res = run(model, inp, "gen_", 2)[0]  # 3 columns < K + 1: no complete frame
+    assert res.stop == "cap" and res.raw.shape == (4, 3)
+    assert res.undelayed.shape == (4, 0) and res.codes.shape == (0, 4)

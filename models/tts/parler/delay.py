@@ -48,9 +48,11 @@ def apply_delay_pattern(ids: torch.Tensor, pattern: torch.Tensor) -> torch.Tenso
 
 
 def undelay(delayed: torch.Tensor) -> torch.Tensor:
-    """delayed (..., K, L) -> (..., K, L - K) frames: codebook k keeps columns k+1 .. L-K+k."""
+    """delayed (..., K, L) -> (..., K, max(L - K, 0)) frames: codebook k keeps columns
+    k+1 .. L-K+k (none when the run was shorter than the delay)."""
     K, L = delayed.shape[-2:]
-    return torch.stack([delayed[..., k, k + 1 : L - K + k + 1] for k in range(K)], dim=-2)
+    n = max(L - K, 0)
+    return torch.stack([delayed[..., k, k + 1 : k + 1 + n] for k in range(K)], dim=-2)
 
 
 def codec_frames(undelayed: torch.Tensor, codebook_size: int) -> torch.Tensor:
