@@ -52,6 +52,7 @@ def test_delay_pattern_and_undelay_match_generation(world):
     assert torch.equal(delay_pattern(torch.full((4, 1), BOS), BOS, EOS, 13),
                        exp["greedy_cap_delay_pattern_mask"])  # fmt: skip
     assert torch.equal(undelay(exp["greedy_delayed_codes"]), exp["greedy_undelayed_codes"][0])
+    assert undelay(torch.zeros(9, 6)).shape == (9, 0)  # shorter than the delay: no frame
 
 
 def test_sinusoid_table_is_the_stored_one(world):
