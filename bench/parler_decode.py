@@ -77,6 +77,25 @@ def row(name: str, steps: int, batch: int, r: dict) -> str:
     )
 
 
+def batch_cases(model, args: argparse.Namespace, device: torch.device, lines: list[str]) -> str:
+    """Batch n vs n x batch 1 (cached), each item its own inputs; returns the ratio line."""
+    n, steps = args.batch_size, args.batch_steps
+    batched = run_case(model, make_inputs(n, args, device, seed=1), steps, True, device)
+    lines.append(row(f"batch {n} (cached)", steps, n, batched))
+    print(lines[-1], flush=True)
+    singles = [run_case(model, make_inputs(1, args, device, seed=100 + i), steps, True, device)
+               for i in range(n)]  # fmt: skip
+    single = dict(
+        seconds=sum(r["seconds"] for r in singles), frames=sum(r["frames"] for r in singles)
+    )
+    lines.append(row(f"{n} x batch 1 (cached)", steps, 1, single))
+    print(lines[-1], flush=True)
+    return (
+        f"batch {n} vs {n} x batch 1 throughput at {steps} steps: "
+        f"{single['seconds'] / batched['seconds']:.1f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -124,21 +143,7 @@ def main() -> None:
             f"KV cache speed-up at {steps} steps: {recompute['seconds'] / cached['seconds']:.1f}x"
         )
     if args.batch_size > 0:
-        n, steps = args.batch_size, args.batch_steps
-        batched = run_case(model, make_inputs(n, args, device, seed=1), steps, True, device)
-        lines.append(row(f"batch {n} (cached)", steps, n, batched))
-        print(lines[-1], flush=True)
-        singles = [run_case(model, make_inputs(1, args, device, seed=100 + i), steps, True, device)
-                   for i in range(n)]  # fmt: skip
-        single = dict(
-            seconds=sum(r["seconds"] for r in singles), frames=sum(r["frames"] for r in singles)
-        )
-        lines.append(row(f"{n} x batch 1 (cached)", steps, 1, single))
-        print(lines[-1], flush=True)
-        ratios.append(
-            f"batch {n} vs {n} x batch 1 throughput at {steps} steps: "
-            f"{single['seconds'] / batched['seconds']:.1f}x"
-        )
+        ratios.append(batch_cases(model, args, device, lines))
     print("\n" + "\n".join(lines) + "\n")
     for r in ratios:
         print(r)

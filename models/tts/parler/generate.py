@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from models.tts.parler.delay import apply_delay_pattern, codec_frames, delay_pattern, undelay
 from models.tts.parler.parler import ParlerTTS
@@ -41,12 +42,20 @@ class Generated:
 
 @dataclass
 class _Batch:
-    """Decoding state of the items still running (rows index the `active` items)."""
+    """Decoding state. Per-item tensors have B rows; `active` lists the items still running
+    (the cache and cross_kv hold only theirs, in that order)."""
 
-    active: torch.Tensor  # (Ba,) original item indices
-    raw: torch.Tensor  # (B, K, max_length) all items
-    finished: torch.Tensor  # (B, K)
+    P: int  # prompt slots (padded length)
+    M: torch.Tensor  # (K, max_length) delay pattern
+    enc: torch.Tensor  # (B, S, D) description memory
+    enc_ok: torch.Tensor  # (B, S) valid description tokens
+    prompt: torch.Tensor  # (B, P, D) transcript embeddings
+    positions: torch.Tensor  # (B, P + max_length)
+    valid: torch.Tensor  # (B, P + max_length) keys that may be seen
+    raw: torch.Tensor  # (B, K, max_length) raw tokens
+    finished: torch.Tensor  # (B, K) rows that emitted EOS
     pointer: torch.Tensor  # (B,) the EOS-gating codebook of each item
+    active: torch.Tensor  # (Ba,) original item indices
     cache: KVCache | None = None
     cross_kv: list | None = None  # per layer (k, v) of the active items
 
@@ -83,67 +92,81 @@ def generate(
     use_cache=False recomputes the whole sequence every step (same tokens; for checks and
     bench). package_positions reproduces the package's padded-batch positions (checks only).
     """
-    cfg = model.cfg
-    B, P = prompt_input_ids.shape
-    K, device = cfg.num_codebooks, input_ids.device
+    B, cfg = input_ids.shape[0], model.cfg
     assert generators is None or len(generators) == B, f"{len(generators)} generators, {B} items"
-    if prompt_attention_mask is None:
-        prompt_attention_mask = torch.ones_like(prompt_input_ids)
     max_length = max_new_tokens + 1  # the BOS column counts
-    M = delay_pattern(
-        torch.full((K, 1), cfg.bos_token_id, device=device), cfg.bos_token_id,
-        cfg.pad_token_id, max_length,
-    )  # fmt: skip
-    enc = model.encode_description(input_ids, attention_mask)  # (B, S, D)
-    enc_ok = attention_mask.bool()
-    prompt = model.embed_prompts(prompt_input_ids)  # (B, P, D)
-    positions = model.positions(prompt_attention_mask, max_length, package_positions)
-    valid = torch.cat([prompt_attention_mask.bool(), enc_ok.new_ones(B, max_length)], dim=1)
-    raw = torch.full((B, K, max_length), cfg.pad_token_id, dtype=torch.long, device=device)
-    raw[:, :, 0] = cfg.bos_token_id
-    state = _Batch(torch.arange(B, device=device), raw, raw.new_zeros(B, K, dtype=torch.bool),
-                   raw.new_zeros(B))  # fmt: skip
-    if use_cache:
-        state.cache = KVCache(len(model.stack.layers), P + max_length)
-        state.cross_kv = model.cross_keys_values(enc)
+    state = _start(model, input_ids, attention_mask, prompt_input_ids, prompt_attention_mask,
+                   max_length, use_cache, package_positions)  # fmt: skip
     results: dict[int, Generated] = {}
     logits_log: list[list[torch.Tensor]] = [[] for _ in range(B)]
-    cur = 1
+    cur = 1  # columns so far
     while len(state.active):
         a = state.active
-        inputs = apply_delay_pattern(raw[a, :, :cur], M)  # (Ba, K, cur): forced columns forced
-        if state.cache is not None and cur > 1:  # one new column through the cache
-            x = model.embed(None, inputs[:, :, -1:], positions[a, P + cur - 1 : P + cur])
-            hidden = model.run_decoder(
-                x, valid[a, None, : P + cur], state.cross_kv, enc_ok[a], state.cache
-            )
-        else:  # the first step, or no cache: [prompt ; all columns so far]
-            x = model.embed(prompt[a], inputs, positions[a, : P + cur])
-            causal = torch.ones(P + cur, P + cur, dtype=torch.bool, device=device).tril()
-            kv = state.cross_kv if state.cross_kv is not None else model.cross_keys_values(enc[a])
-            hidden = model.run_decoder(
-                x, causal[None] & valid[a, None, : P + cur], kv, enc_ok[a], state.cache
-            )
-        logits = model.heads(hidden[:, -1:])[:, :, 0].float()  # (Ba, K, V)
+        logits = _step_logits(model, state, cur)  # (Ba, K, V)
         if record_logits:
             for i, b in enumerate(a.tolist()):
                 logits_log[b].append(logits[i].cpu())
         tokens = _choose(model, state, logits, do_sample, top_k, top_p, temperature, generators)
         tokens = torch.where(state.finished[a], cfg.pad_token_id, tokens)
-        raw[a, :, cur] = tokens
+        state.raw[a, :, cur] = tokens
         state.finished[a] |= tokens == cfg.eos_token_id
         cur += 1
-        done = state.finished[a].all(dim=1)
-        if cur == max_length:
-            done = torch.ones_like(done)
+        done = state.finished[a].all(dim=1) | (cur == max_length)
         done_list = done.tolist()  # one host sync per step
         for i, b in enumerate(a.tolist()):
             if done_list[i]:
                 stop = "eos" if bool(state.finished[b].all()) else "cap"
-                results[b] = _result(raw[b, :, :cur], M, stop, cfg.pad_token_id, logits_log[b])
+                results[b] = _result(state.raw[b, :, :cur], state.M, stop, cfg, logits_log[b])
         if any(done_list):
             state.keep((~done).nonzero().flatten())
     return [results[b] for b in range(B)]
+
+
+def _start(model, input_ids, attention_mask, prompt_ids, prompt_mask, max_length, use_cache,
+           package_positions) -> _Batch:  # fmt: skip
+    """Encode the description and the transcript once; one BOS column for every row."""
+    cfg, device = model.cfg, input_ids.device
+    (B, P), K = prompt_ids.shape, cfg.num_codebooks
+    if prompt_mask is None:
+        prompt_mask = torch.ones_like(prompt_ids)
+    bos = torch.full((K, 1), cfg.bos_token_id, device=device)
+    enc = model.encode_description(input_ids, attention_mask)  # (B, S, D)
+    raw = torch.full((B, K, max_length), cfg.pad_token_id, dtype=torch.long, device=device)
+    raw[:, :, 0] = cfg.bos_token_id
+    state = _Batch(
+        P=P,
+        M=delay_pattern(bos, cfg.bos_token_id, cfg.pad_token_id, max_length),
+        enc=enc,
+        enc_ok=attention_mask.bool(),
+        prompt=model.embed_prompts(prompt_ids),
+        positions=model.positions(prompt_mask, max_length, package_positions),
+        valid=F.pad(prompt_mask.bool(), (0, max_length), value=True),
+        raw=raw,
+        finished=raw.new_zeros(B, K, dtype=torch.bool),
+        pointer=raw.new_zeros(B),
+        active=torch.arange(B, device=device),
+    )
+    if use_cache:
+        state.cache = KVCache(len(model.stack.layers), P + max_length)
+        state.cross_kv = model.cross_keys_values(enc)
+    return state
+
+
+def _step_logits(model: ParlerTTS, state: _Batch, cur: int) -> torch.Tensor:
+    """Raw logits (Ba, K, V) of the next column for the active items."""
+    a, P = state.active, state.P
+    inputs = apply_delay_pattern(state.raw[a, :, :cur], state.M)  # forced columns forced
+    if state.cache is not None and cur > 1:  # one new column through the cache
+        x = model.embed(None, inputs[:, :, -1:], state.positions[a, P + cur - 1 : P + cur])
+        visible = state.valid[a, None, : P + cur]
+        hidden = model.run_decoder(x, visible, state.cross_kv, state.enc_ok[a], state.cache)
+    else:  # the first step, or no cache: [prompt ; all columns so far]
+        x = model.embed(state.prompt[a], inputs, state.positions[a, : P + cur])
+        causal = torch.ones(P + cur, P + cur, dtype=torch.bool, device=x.device).tril()
+        visible = causal[None] & state.valid[a, None, : P + cur]
+        kv = state.cross_kv if state.cache is not None else model.cross_keys_values(state.enc[a])
+        hidden = model.run_decoder(x, visible, kv, state.enc_ok[a], state.cache)
+    return model.heads(hidden[:, -1:])[:, :, 0].float()
 
 
 def _choose(model, state: _Batch, logits, do_sample, top_k, top_p, temperature, generators):
@@ -165,8 +188,9 @@ def _choose(model, state: _Batch, logits, do_sample, top_k, top_p, temperature, 
     return flat.view(-1, K)
 
 
-def _result(raw: torch.Tensor, M: torch.Tensor, stop: str, pad: int, logits) -> Generated:
+def _result(raw: torch.Tensor, M: torch.Tensor, stop: str, cfg, logits) -> Generated:
     delayed = apply_delay_pattern(raw, M)
     frames = undelay(delayed)
     # The package drops every frame holding an id >= 1024 (= PAD = the codebook size).
-    return Generated(raw.clone(), delayed, frames, codec_frames(frames, pad), stop, logits)
+    codes = codec_frames(frames, cfg.pad_token_id)
+    return Generated(raw.clone(), delayed, frames, codes, stop, logits)
