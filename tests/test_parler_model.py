@@ -106,3 +106,20 @@ def test_right_padded_prompt_gives_the_same_logits(world):
     right["prompt_input_ids"] = ids
     right["prompt_attention_mask"] = torch.tensor([[1] * n + [0] * (7 - n), [1] * 7])
     assert rel_err(teacher_forced(model, right).logits, left.logits) < 1e-5
+
+
+def test_training_step_trains_the_decoder_not_the_text_encoder(world):
+    _, inp, exp = world
+    model = load_model().train()  # own copy: gradients and dropout do not touch the fixture's
+    args = [inp[k] for k in ("input_ids", "attention_mask", "prompt_input_ids")]
+    out = model(*args, inp["prompt_attention_mask"], labels=inp["labels"], package_positions=True)
+    out.loss.backward()
+    assert all(p.grad is None for p in model.text_encoder.parameters())
+    assert model.embed_prompts.weight.grad is not None
+    assert model.decoder["lm_heads"][0].weight.grad.abs().sum() > 0
+    assert model.stack.embed_positions.weights.grad is None  # the sinusoid table stays fixed
+    assert abs(out.loss.item() - exp["loss"]) > 1e-4  # dropout is active in training mode
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # mixed precision: finite, close
+        low = model.eval()(*args, inp["prompt_attention_mask"], labels=inp["labels"],
+                           package_positions=True)  # fmt: skip
+    assert abs(low.loss.item() - exp["loss"]) < 0.05 * exp["loss"]
