@@ -118,3 +118,10 @@ def test_cap_shorter_than_the_delay_gives_no_frame(world):
     res = run(model, inp, "gen_", 2)[0]  # 3 columns < K + 1: no complete frame
     assert res.stop == "cap" and res.raw.shape == (4, 3)
     assert res.undelayed.shape == (4, 0) and res.codes.shape == (0, 4)
+
+
+def test_length_beyond_the_position_table_is_refused_upfront(world):
+    model, inp, _ = world
+    with pytest.raises(ValueError, match="beyond max_position_embeddings = 256"):
+        run(model, inp, "gen_", 251)  # 5 prompt slots + 252 columns > 256 positions
+    assert run(model, inp, "gen_", 250, use_cache=True)[0].stop == "eos"

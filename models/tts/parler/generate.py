@@ -146,6 +146,7 @@ def _start(model, input_ids, attention_mask, prompt_ids, prompt_mask, max_length
         pointer=raw.new_zeros(B),
         active=torch.arange(B, device=device),
     )
+    model.check_positions(state.positions)  # before any work, not in the middle of decoding
     if use_cache:
         state.cache = KVCache(len(model.stack.layers), P + max_length)
         state.cross_kv = model.cross_keys_values(enc)

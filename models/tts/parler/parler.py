@@ -231,19 +231,23 @@ class ParlerTTS(nn.Module):
         audio_pos = count[:, -1:] + torch.arange(T, device=prompt_mask.device)  # (B, T)
         return torch.cat([prompt_pos, audio_pos], dim=1)
 
+    def check_positions(self, positions: torch.Tensor) -> None:
+        """The sinusoid table is a stored parameter of max_position_embeddings rows."""
+        rows = self.stack.embed_positions.weights.shape[0]
+        if int(positions.max()) >= rows:
+            raise ValueError(
+                f"position {int(positions.max())} is beyond max_position_embeddings = {rows}: "
+                "shorten the transcript or the length cap (max_new_tokens)"
+            )
+
     def embed(self, prompt_embeds, codes: torch.Tensor, positions: torch.Tensor):
         """prompt_embeds (B, P, D) or None (later cached steps), codes (B, K, T), positions
         (B, P + T) -> decoder input (B, P + T, D)."""
         x = self.stack.embed_codes(codes)
         if prompt_embeds is not None:
             x = torch.cat([prompt_embeds.to(x.dtype), x], dim=1)
-        table = self.stack.embed_positions.weights
-        if int(positions.max()) >= table.shape[0]:
-            raise ValueError(
-                f"position {int(positions.max())} is beyond max_position_embeddings = "
-                f"{table.shape[0]}: shorten the transcript or the length cap (max_new_tokens)"
-            )
-        x = x + table[positions].to(x.dtype)
+        self.check_positions(positions)
+        x = x + self.stack.embed_positions.weights[positions].to(x.dtype)
         return F.dropout(x, self.cfg.dropout if self.training else 0.0, self.training)
 
     def run_decoder(self, x, self_ok, cross_kv, cross_ok, cache: KVCache | None = None):
