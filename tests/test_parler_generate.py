@@ -122,6 +122,12 @@ def test_cap_shorter_than_the_delay_gives_no_frame(world):
 
 def test_length_beyond_the_position_table_is_refused_upfront(world):
     model, inp, _ = world
-    with pytest.raises(ValueError, match="beyond max_position_embeddings = 256"):
-        run(model, inp, "gen_", 251)  # 5 prompt slots + 252 columns > 256 positions
+    calls = []
+    hook = model.decoder["lm_heads"][0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with pytest.raises(ValueError, match="beyond max_position_embeddings = 256"):
+            run(model, inp, "gen_", 251)  # 5 prompt slots + 252 columns > 256 positions
+    finally:
+        hook.remove()
+    assert not calls  # refused before the first decoder pass
     assert run(model, inp, "gen_", 250, use_cache=True)[0].stop == "eos"
