@@ -114,3 +114,21 @@ def test_tokenizer_from_the_folder(tmp_path, state):
         tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
     ).save_pretrained(folder)
     assert load_tokenizer(folder)("a calm voice").input_ids == [3, 4, 5]
+
+
+def test_sharded_weights_with_an_index(tmp_path, state):
+    import json
+
+    shutil.copy(FIXTURE / "config.json", tmp_path / "config.json")
+    keys = sorted(state)
+    shards = {"model-00001-of-00002.safetensors": keys[:30],
+              "model-00002-of-00002.safetensors": keys[30:]}  # fmt: skip
+    for name, names in shards.items():
+        save_file({k: state[k].clone() for k in names}, str(tmp_path / name))
+    weight_map = {k: name for name, names in shards.items() for k in names}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    model = load_pretrained(tmp_path)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+    (tmp_path / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(ParlerLoadError, match="model-00002-of-00002.safetensors not found"):
+        load_pretrained(tmp_path)
