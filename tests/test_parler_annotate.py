@@ -1,0 +1,88 @@
+"""preprocessors/annotate.py: measurements on synthetic audio with known answers, bins, template."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from preprocessors.annotate import (
+    MONOTONY_BINS,
+    NOISE_BINS,
+    RATE_BINS,
+    AnnotationError,
+    Measures,
+    describe,
+    pitch_stats,
+    silero_speech_mask,
+    snr_db,
+    speaking_rate,
+    word,
+)
+
+SR = 16000
+
+
+def voiced(f0: torch.Tensor) -> torch.Tensor:
+    """A harmonic voice-like signal following the per-sample F0 contour f0 (Hz)."""
+    phase = 2 * math.pi * torch.cumsum(f0.double(), 0) / SR
+    return sum(0.3 / h * torch.sin(h * phase) for h in range(1, 6)).float()
+
+
+def test_pitch_level_and_variation():
+    t = torch.arange(SR) / SR
+    steady = voiced(torch.full((SR,), 150.0))
+    level, spread = pitch_stats(steady, SR)
+    assert abs(level - 150) < 3 and spread < 0.5
+    assert word(spread, MONOTONY_BINS) == "very monotone"
+    # A +-4 semitone vibrato-like contour around 220 Hz: expressive, level unchanged.
+    contour = 220 * 2 ** (4 / 12 * torch.sin(2 * math.pi * 2 * t))
+    level, spread = pitch_stats(voiced(contour), SR)
+    assert abs(level - 220) < 10 and spread > 2.5
+    with pytest.raises(AnnotationError, match="voiced"):
+        pitch_stats(torch.zeros(SR), SR)
+
+
+def test_snr_of_a_known_mixture():
+    g = torch.Generator().manual_seed(0)
+    speech = torch.zeros(SR * 2, dtype=torch.bool)
+    speech[SR // 2 : SR + SR // 2] = True
+    clean = torch.where(speech, voiced(torch.full((2 * SR,), 180.0)), 0.0)
+    noise = torch.randn(2 * SR, generator=g)
+    for target in (5.0, 20.0):
+        p_signal = clean[speech].pow(2).mean()
+        scale = (p_signal / 10 ** (target / 10)).sqrt()
+        assert abs(snr_db(clean + scale * noise, speech, SR) - target) < 0.5
+    assert word(5.0, NOISE_BINS) == "very noisy" and word(20.0, NOISE_BINS) == "slightly noisy"
+    with pytest.raises(AnnotationError, match="both speech and non-speech"):
+        snr_db(clean, torch.ones_like(speech), SR)
+
+
+def test_rate_bins_and_template():
+    assert speaking_rate(70, 5.0) == 14.0
+    assert [word(v, RATE_BINS) for v in (8.9, 9.0, 14, 25)] == [
+        "very slowly", "slowly", "at a moderate speed", "very fast"]  # fmt: skip
+    with pytest.raises(AnnotationError):
+        speaking_rate(10, 0.0)
+    with pytest.raises(AnnotationError):
+        word(float("nan"), RATE_BINS)
+    m = Measures(phones_per_second=16.2, pitch_hz=120, pitch_std_semitones=1.0, snr_db=50)
+    assert describe(m, "Talia") == (
+        "Talia speaks slightly fast with a low-pitched voice that sounds very monotone, "
+        "in a very clean recording."
+    )
+    assert describe(m).startswith("A speaker speaks")
+
+
+def test_silero_missing_says_how_to_install():
+    try:
+        import silero_vad  # noqa: F401
+    except ImportError:
+        with pytest.raises(AnnotationError, match="pip install silero-vad==6.2.3"):
+            silero_speech_mask(torch.zeros(SR), SR)
+    else:  # installed: speech found in a voice-like burst, not in silence
+        wav = torch.zeros(3 * SR)
+        wav[SR : 2 * SR] = voiced(torch.full((SR,), 150.0))
+        mask = silero_speech_mask(wav, SR)
+        assert mask.shape == wav.shape and not mask[: SR // 2].any()
