@@ -122,9 +122,8 @@ def test_partial_accumulation_group_is_the_mean_of_what_it_holds(tmp_path, proce
 def test_largest_batch_check_counts_adam_state_and_leaves_no_trace(tmp_path, processed):
     from types import SimpleNamespace
 
-    from text.symbol_table import TextTokenizer
-
     from models.tts.valle.dataset import VALLEDataset
+    from text.symbol_table import TextTokenizer
 
     cfg = load_config(config(tmp_path, processed, model={"add_prenet": True}))
     model, trainable = trainer.build_model(cfg, 0, None)
