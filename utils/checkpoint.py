@@ -202,36 +202,30 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TRAINING_STATE = "training_state.pt"
 
 
-def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """`model.state_dict()` with each tied tensor once (first name), contiguous, on CPU.
-
-    safetensors cannot store one tensor under two names; the loader
-    (`VALLE.load_amphion_state_dict`) accepts either name of a tied pair and re-ties them.
-    """
-    seen: set[int] = set()
-    out = {}
-    for name, tensor in model.state_dict().items():
-        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.detach().to("cpu").contiguous().clone()
-    return out
-
-
 def save_checkpoint(
     exp_dir: str | os.PathLike,
     name: str,
-    weights: dict[str, torch.Tensor],
+    weights: torch.nn.Module | dict[str, torch.Tensor],
     meta: dict,
     training_state: dict | None,
 ) -> Path:
-    """Write `<exp_dir>/checkpoint/<name>/` atomically; return its final path."""
-    from safetensors.torch import save_file
+    """Write `<exp_dir>/checkpoint/<name>/` atomically; return its final path.
+
+    A model is written by `safetensors.torch.save_model`: each tied tensor once (safetensors
+    cannot store one tensor under two names; the file's metadata names the dropped one), on the
+    CPU. Loading goes through the model's own loader (`VALLE.load_amphion_state_dict`), not
+    `safetensors.torch.load_model`, because the same loader must also take released `.bin` files
+    (both names of a pair, `module.` prefixes) and name what does not fit.
+    """
+    from safetensors.torch import save_file, save_model
 
     final = Path(exp_dir) / "checkpoint" / name
     with atomic_directory(final) as tmp:
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        path, metadata = str(tmp / "model.safetensors"), {"format": "pt"}
+        if isinstance(weights, torch.nn.Module):
+            save_model(weights, path, metadata=metadata, force_contiguous=True)
+        else:
+            save_file(weights, path, metadata=metadata)
         meta = {"format": CHECKPOINT_FORMAT, **meta}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if training_state is not None:

@@ -70,7 +70,6 @@ from utils.checkpoint import (
     remove_incomplete,
     resolve_checkpoint_dir,
     save_checkpoint,
-    unique_state_dict,
     write_best,
 )
 from utils.config import Config, config_to_dict, load_config, resolve_path, save_config
@@ -580,8 +579,8 @@ def save(run: Run, *, name_epoch: int) -> Path | None:
             "valid_loss": valid_loss,
             "data_fingerprint": run.data_fingerprint,
         }
-        weights = unique_state_dict(run.accelerator.unwrap_model(run.model))
-        path = save_checkpoint(run.exp_dir, name, weights, meta, state)
+        model = run.accelerator.unwrap_model(run.model)
+        path = save_checkpoint(run.exp_dir, name, model, meta, state)
         if valid_loss is not None and (
             valid_loss < run.best_valid_loss or read_best(run.exp_dir) is None
         ):
