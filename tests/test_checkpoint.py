@@ -25,9 +25,8 @@ from utils.checkpoint import (
     prune_checkpoints,
     read_best,
     read_meta,
-    read_model_config,
     remove_incomplete,
-    resolve_checkpoint_dir,
+    resolve_checkpoint,
     save_checkpoint,
     write_best,
 )
@@ -75,7 +74,7 @@ def test_incomplete_write_is_ignored_and_cleaned(tmp_path):
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
     assert list_checkpoints(tmp_path) == [good]
-    assert resolve_checkpoint_dir(tmp_path) == good
+    assert resolve_checkpoint(tmp_path).folder == good
     assert remove_incomplete(tmp_path) == [stale] and not stale.exists()
 
 
@@ -154,13 +153,14 @@ def test_resolve_amphion_release_and_its_model_config(tmp_path):
     ckpt.mkdir(parents=True)
     torch.save(tiny_model().state_dict(), ckpt / "pytorch_model.bin")
     (release / "args.json").write_text(json.dumps({"model": {"decoder_dim": 16, "nhead": 2}}))
-    assert resolve_checkpoint_dir(release) == ckpt
-    assert resolve_checkpoint_dir(ckpt) == ckpt
-    model_cfg, source = read_model_config(ckpt)
+    assert resolve_checkpoint(release).folder == ckpt
+    assert resolve_checkpoint(ckpt).folder == ckpt
+    found = resolve_checkpoint(ckpt)
+    model_cfg, source = found.model, found.model_file
     assert model_cfg == {"decoder_dim": 16, "nhead": 2} and source == release / "args.json"
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint in"):
-        resolve_checkpoint_dir(tmp_path / "empty")
+        resolve_checkpoint(tmp_path / "empty")
 
 
 def test_config_differences_lists_each_changed_key():
