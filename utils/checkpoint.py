@@ -352,8 +352,9 @@ LAYOUTS = (
 class CheckpointSource:
     """One checkpoint a path resolves to, and the files that describe its weights."""
 
-    kind: str  # "experiment" / "checkpoint" (ours: the folder given, or one of its checkpoints)
-    #            or "release" (an Amphion folder, or one of its checkpoint folders)
+    # "experiment" (ours, a checkpoint picked), "checkpoint" (one of our checkpoint folders) or
+    # "release" (an Amphion folder, or one of its checkpoint folders)
+    kind: str
     root: Path  # the experiment or release folder
     folder: Path  # the checkpoint folder
     weights: Path  # its model.safetensors or pytorch_model.bin
