@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -264,3 +265,39 @@ def test_atomic_writes_fsync_the_file_and_the_folder(tmp_path, monkeypatch):
     for child in folder.iterdir():
         assert any(Path(p).name == child.name for p in synced), child.name
     assert str(folder.parent.resolve()) in synced
+
+
+def test_training_and_stage3_resolve_paths_by_the_same_rules(tmp_path):
+    """Finetune (trainer.pick_checkpoints) and stage 3 (find_model_source) go through
+    resolve_checkpoint: the same path gives the same checkpoint, or the same refusal."""
+    from models.tts.valle import trainer
+    from models.tts.valle.inference import InferenceError, find_model_source
+    from utils.config import REPO_ROOT, config_to_dict, load_config
+
+    recipe = load_config(REPO_ROOT / "config" / "valle.json")
+    model_cfg = dataclasses.replace(recipe.model, decoder_dim=16, nhead=2, num_decoder_layers=1)
+    release = tmp_path / "valle_libritts"
+    ckpt = release / "checkpoint" / "epoch-0016_step-0060000_loss-3.000000"
+    ckpt.mkdir(parents=True)
+    torch.manual_seed(0)
+    weights = VALLE.from_config(model_cfg).state_dict()
+    torch.save(weights, ckpt / "pytorch_model.bin")
+    torch.save(weights, release / "pytorch_model.bin")  # a stray copy at the top: not newer
+    (release / "args.json").write_text(json.dumps({"model": config_to_dict(model_cfg)}))
+    (release / "symbols.dict").write_text("<eps> 0\na 1\n")
+    bare = tmp_path / "bare"  # weights, but nothing says which model they are for
+    bare.mkdir()
+    torch.save(weights, bare / "pytorch_model.bin")
+
+    def finetune_from(path: Path) -> Path:
+        argv = ["--config", "c.json", "--exp_name", "ft", "--resume", "true",
+                "--resume_type", "finetune", "--resume_from_ckpt_path", str(path)]  # fmt: skip
+        return trainer.pick_checkpoints(trainer.parse_args(argv), tmp_path / "exp" / "ft", 1)[1]
+
+    for path in (release, release / "checkpoint", ckpt):
+        assert finetune_from(path) == ckpt, path
+        assert find_model_source(path, "latest", recipe).weights == ckpt / "pytorch_model.bin"
+    with pytest.raises(CheckpointError, match="no checkpoint in .*bare: it is neither an exp"):
+        finetune_from(bare)
+    with pytest.raises(InferenceError, match="no checkpoint in .*bare: it is neither an exp"):
+        find_model_source(bare, "latest", recipe)
