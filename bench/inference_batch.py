@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 import torch
 
+from models.base.inference import synthesize
 from models.codec.encodec import CodecTokenizer
 from models.tts.valle.inference import ModelSource, Synthesizer, Utterance
 from models.tts.valle.valle import VALLE
@@ -112,7 +113,7 @@ def main() -> None:
     )
     warm = Synthesizer(model, source, codec, InferenceConfig(top_k=1, max_frames=2), device)
     (tmp / "warmup").mkdir()
-    warm.run(utts[:1], tmp / "warmup", lambda r: None, progress=False)  # lazy inits, caches
+    synthesize(warm, utts[:1], tmp / "warmup", batch_size=1, seed=0, progress=False)  # caches
     times: dict[int, float] = {}
     phases: dict[int, dict[str, float]] = {}
     cpu: dict[int, float] = {}  # process CPU seconds: less sensitive to other load than wall
@@ -124,17 +125,16 @@ def main() -> None:
             synth = Synthesizer(model, source, codec, inf, device)
             out = tmp / f"bs{bs}_{repeat}"
             out.mkdir()
-            results = []
             start, cpu_start = time.perf_counter(), time.process_time()
-            failures = synth.run(utts, out, results.append, progress=False)
+            summary = synthesize(synth, utts, out, batch_size=bs, seed=inf.seed, progress=False)
             wall = time.perf_counter() - start
             cpu[bs] = min(cpu.get(bs, float("inf")), time.process_time() - cpu_start)
             if wall < times.get(bs, float("inf")):
-                times[bs], phases[bs] = wall, dict(synth.timings)
-            assert not failures, failures
-            assert all(r.frames == args.frames for r in results)
-            outputs[bs] = {r.utt.name: r.output.read_bytes() for r in results}
-            audio = sum(r.seconds for r in results)
+                times[bs], phases[bs] = wall, dict(summary.timings)
+            assert not summary.failures, summary.failures
+            assert all(r["frames"] == args.frames for r in summary.records)
+            outputs[bs] = {r["name"]: Path(r["output"]).read_bytes() for r in summary.records}
+            audio = summary.audio_seconds
     for bs in (1, args.batch_size):
         print(
             f"batch_size {bs:3d}: {times[bs]:7.2f} s wall, {cpu[bs]:7.2f} s CPU (best of "

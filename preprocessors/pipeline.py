@@ -52,7 +52,7 @@ from preprocessors.tokenize import ShardTask, run_shard, worker_init, worker_run
 from text.g2p import g2p_version, has_speech_phones, phonemize
 from text.symbol_table import SymbolTable, TextTokenizer
 from utils.audio import load_audio
-from utils.config import Config, resolve_path, save_config
+from utils.config import Config, PreprocessConfig, resolve_path, save_config
 from utils.fileio import atomic_path, atomic_write_text
 
 log = logging.getLogger("preprocess")
@@ -360,39 +360,35 @@ def print_summary(summaries: dict[str, dict]) -> None:
         log.info("%s: rejected %d (%s) -> %s/rejected.jsonl", name, total, detail, name)
 
 
-def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
-    """Run (or resume, or confirm up to date) stage 1; returns the per-dataset summaries."""
-    start = time.time()
-    pcfg = cfg.preprocess
-    out = resolve_path(pcfg.processed_dir)
+def corpus_roots(cfg: Config) -> dict[str, Path]:
+    """{corpus name: its checked root folder} for every corpus in `dataset`."""
     roots = {}
     for name in cfg.dataset:
         if name not in cfg.dataset_path:
             raise StageError(f"dataset_path has no entry for corpus {name!r} (named in 'dataset')")
         roots[name] = resolve_path(cfg.dataset_path[name])
         check_corpus_path(name, roots[name])
-    settings = stage_settings(cfg, roots)
-    fingerprint = _sha([settings, corpus_signature(cfg, roots)])
-    done_path = out / DONE_FILE
-    if done_path.is_file():
-        done = json.loads(done_path.read_text())
-        outputs = [out / pcfg.symbols_dict, out / "codec" / "codec.json", out / "config.json"]
-        if done.get("fingerprint") == fingerprint and all(p.is_file() for p in outputs):
-            log.info(
-                "Stage 1 is already complete for these settings and corpus files: "
-                "nothing to do (%s)",
-                done_path,
-            )
-            print_summary(done["summaries"])
-            return done["summaries"]
-        log.info("Stage 1 settings or corpus files changed since the last run: updating")
-    done_path.unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
-    # A pretrained / local codec needs no corpus audio: get it first, so missing weights fail
-    # before minutes of manifest work. A random-init one is k-means-initialised on the corpus.
-    random_init = not pcfg.codec_checkpoint and not pcfg.codec_pretrained
-    codec = None if random_init else prepare_codec(out, cfg, {}, devices[0])
+    return roots
 
+
+def finished_summaries(out: Path, pcfg: PreprocessConfig, fingerprint: str) -> dict | None:
+    """The summaries of a completed stage 1 with this fingerprint whose outputs all exist."""
+    done_path = out / DONE_FILE
+    if not done_path.is_file():
+        return None
+    done = json.loads(done_path.read_text())
+    outputs = [out / pcfg.symbols_dict, out / "codec" / "codec.json", out / "config.json"]
+    if done.get("fingerprint") == fingerprint and all(p.is_file() for p in outputs):
+        return done["summaries"]
+    log.info("Stage 1 settings or corpus files changed since the last run: updating")
+    return None
+
+
+def read_and_phonemize(
+    roots: dict[str, Path], pcfg: PreprocessConfig, out: Path
+) -> tuple[dict, dict, dict]:
+    """(kept splits, rejected records, candidate count) per corpus; a corpus with nothing left
+    is an error (its rejected.jsonl written first, so the user can see why)."""
     fixed = (
         TextTokenizer.from_file(resolve_path(pcfg.existing_symbols_dict))
         if pcfg.existing_symbols_dict
@@ -413,7 +409,32 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
                 f"{name}: nothing usable left ({len(rejected[name])} utterances "
                 f"rejected, see {out / name / 'rejected.jsonl'})"
             )
+    return kept, rejected, candidates
 
+
+def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
+    """Run (or resume, or confirm up to date) stage 1; returns the per-dataset summaries."""
+    start = time.time()
+    pcfg = cfg.preprocess
+    out = resolve_path(pcfg.processed_dir)
+    roots = corpus_roots(cfg)
+    settings = stage_settings(cfg, roots)
+    fingerprint = _sha([settings, corpus_signature(cfg, roots)])
+    done_path = out / DONE_FILE
+    if (done := finished_summaries(out, pcfg, fingerprint)) is not None:
+        log.info(
+            "Stage 1 is already complete for these settings and corpus files: nothing to do (%s)",
+            done_path,
+        )
+        print_summary(done)
+        return done
+    done_path.unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    # A pretrained / local codec needs no corpus audio: get it first, so missing weights fail
+    # before minutes of manifest work. A random-init one is k-means-initialised on the corpus.
+    random_init = not pcfg.codec_checkpoint and not pcfg.codec_pretrained
+    codec = None if random_init else prepare_codec(out, cfg, {}, devices[0])
+    kept, rejected, candidates = read_and_phonemize(roots, pcfg, out)
     if codec is None:
         codec = prepare_codec(out, cfg, kept, devices[0])
     tasks = {
@@ -435,12 +456,7 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
     write_symbols(out, kept_all, pcfg)
     save_config(cfg, out / "config.json")
     print_summary(summaries)
-    atomic_write_text(
-        done_path,
-        json.dumps(
-            {"fingerprint": fingerprint, "summaries": summaries, "settings": settings}, indent=2
-        )
-        + "\n",
-    )
+    record = {"fingerprint": fingerprint, "summaries": summaries, "settings": settings}
+    atomic_write_text(done_path, json.dumps(record, indent=2) + "\n")
     log.info("Stage 1 finished in %.1f s -> %s", time.time() - start, out)
     return summaries

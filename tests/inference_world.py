@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save_model
 
 from bins.tts import inference as cli
 from models.codec.encodec import CodecTokenizer
@@ -61,13 +61,7 @@ def save_tiny_checkpoint(exp: Path, name: str, model: VALLE, model_cfg) -> None:
     """Our checkpoint format, written by hand (utils/checkpoint.py docstring)."""
     folder = exp / "checkpoint" / name
     folder.mkdir(parents=True)
-    seen, state = set(), {}
-    for key, tensor in model.state_dict().items():  # tied tensors once
-        if tensor.data_ptr() in seen:
-            continue
-        seen.add(tensor.data_ptr())
-        state[key] = tensor.contiguous().clone()
-    save_file(state, str(folder / "model.safetensors"))
+    save_model(model, str(folder / "model.safetensors"))  # tied tensors once
     meta = {"format": "codectts-valle-1", "model": dataclasses.asdict(model_cfg), "step": 1}
     (folder / "meta.json").write_text(json.dumps(meta))
 

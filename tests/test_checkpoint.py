@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -25,11 +26,9 @@ from utils.checkpoint import (
     prune_checkpoints,
     read_best,
     read_meta,
-    read_model_config,
     remove_incomplete,
-    resolve_checkpoint_dir,
+    resolve_checkpoint,
     save_checkpoint,
-    unique_state_dict,
     write_best,
 )
 
@@ -47,11 +46,10 @@ def save(exp, step, loss=1.0, valid=None, state=None):
 
 def test_tied_weights_saved_once_and_reload_tied(tmp_path):
     model = tiny_model()
-    weights = unique_state_dict(model)
-    # 6 tied pairs (nar_predict_layers.j <-> nar_audio_embeddings.j+2) are stored once each
-    assert len(weights) == len(model.state_dict()) - 6
-    path = save_checkpoint(tmp_path, "epoch-0000_step-0000001_loss-1.000000", weights, {}, None)
+    path = save_checkpoint(tmp_path, "epoch-0000_step-0000001_loss-1.000000", model, {}, None)
     loaded = load_file(str(path / "model.safetensors"))  # would fail on shared tensors
+    # 6 tied pairs (nar_predict_layers.j <-> nar_audio_embeddings.j+2) are stored once each
+    assert len(loaded) == len(model.state_dict()) - 6
     other = VALLE(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8)
     other.load_amphion_state_dict(loaded)
     for name, tensor in model.state_dict().items():
@@ -77,7 +75,7 @@ def test_incomplete_write_is_ignored_and_cleaned(tmp_path):
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"half")
     assert list_checkpoints(tmp_path) == [good]
-    assert resolve_checkpoint_dir(tmp_path) == good
+    assert resolve_checkpoint(tmp_path).folder == good
     assert remove_incomplete(tmp_path) == [stale] and not stale.exists()
 
 
@@ -156,13 +154,14 @@ def test_resolve_amphion_release_and_its_model_config(tmp_path):
     ckpt.mkdir(parents=True)
     torch.save(tiny_model().state_dict(), ckpt / "pytorch_model.bin")
     (release / "args.json").write_text(json.dumps({"model": {"decoder_dim": 16, "nhead": 2}}))
-    assert resolve_checkpoint_dir(release) == ckpt
-    assert resolve_checkpoint_dir(ckpt) == ckpt
-    model_cfg, source = read_model_config(ckpt)
+    assert resolve_checkpoint(release).folder == ckpt
+    assert resolve_checkpoint(ckpt).folder == ckpt
+    found = resolve_checkpoint(ckpt)
+    model_cfg, source = found.model, found.model_file
     assert model_cfg == {"decoder_dim": 16, "nhead": 2} and source == release / "args.json"
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint in"):
-        resolve_checkpoint_dir(tmp_path / "empty")
+        resolve_checkpoint(tmp_path / "empty")
 
 
 def test_config_differences_lists_each_changed_key():
@@ -266,3 +265,39 @@ def test_atomic_writes_fsync_the_file_and_the_folder(tmp_path, monkeypatch):
     for child in folder.iterdir():
         assert any(Path(p).name == child.name for p in synced), child.name
     assert str(folder.parent.resolve()) in synced
+
+
+def test_training_and_stage3_resolve_paths_by_the_same_rules(tmp_path):
+    """Finetune (trainer.pick_checkpoints) and stage 3 (find_model_source) go through
+    resolve_checkpoint: the same path gives the same checkpoint, or the same refusal."""
+    from models.tts.valle import trainer
+    from models.tts.valle.inference import InferenceError, find_model_source
+    from utils.config import REPO_ROOT, config_to_dict, load_config
+
+    recipe = load_config(REPO_ROOT / "config" / "valle.json")
+    model_cfg = dataclasses.replace(recipe.model, decoder_dim=16, nhead=2, num_decoder_layers=1)
+    release = tmp_path / "valle_libritts"
+    ckpt = release / "checkpoint" / "epoch-0016_step-0060000_loss-3.000000"
+    ckpt.mkdir(parents=True)
+    torch.manual_seed(0)
+    weights = VALLE.from_config(model_cfg).state_dict()
+    torch.save(weights, ckpt / "pytorch_model.bin")
+    torch.save(weights, release / "pytorch_model.bin")  # a stray copy at the top: not newer
+    (release / "args.json").write_text(json.dumps({"model": config_to_dict(model_cfg)}))
+    (release / "symbols.dict").write_text("<eps> 0\na 1\n")
+    bare = tmp_path / "bare"  # weights, but nothing says which model they are for
+    bare.mkdir()
+    torch.save(weights, bare / "pytorch_model.bin")
+
+    def finetune_from(path: Path) -> Path:
+        argv = ["--config", "c.json", "--exp_name", "ft", "--resume", "true",
+                "--resume_type", "finetune", "--resume_from_ckpt_path", str(path)]  # fmt: skip
+        return trainer.pick_checkpoints(trainer.parse_args(argv), tmp_path / "exp" / "ft", 1)[1]
+
+    for path in (release, release / "checkpoint", ckpt):
+        assert finetune_from(path) == ckpt, path
+        assert find_model_source(path, "latest", recipe).weights == ckpt / "pytorch_model.bin"
+    with pytest.raises(CheckpointError, match="no checkpoint in .*bare: it is neither an exp"):
+        finetune_from(bare)
+    with pytest.raises(InferenceError, match="no checkpoint in .*bare: it is neither an exp"):
+        find_model_source(bare, "latest", recipe)

@@ -33,13 +33,12 @@ from inference_world import (
 )
 from inference_world import main as run_main
 
+from models.base.inference import batches, claim_run_dir
 from models.tts.valle.inference import (
     InferenceError,
     Prepared,
     TextFrontend,
     Utterance,
-    batches,
-    claim_run_dir,
     find_model_source,
     frame_caps,
     load_prompt,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from inference_world import SR, TEXTS, build_world, main, read_records, run_sh
 
-from modules.seeding import utterance_seed
+from utils.seeding import utterance_seed
 
 LINES = {  # name -> line (names given, so the output names survive a reordering)
     "u1": f"{TEXTS[0]}|prompt {TEXTS[1]}|prompts/a.wav|u1",

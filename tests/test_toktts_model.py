@@ -28,8 +28,8 @@ from models.tts.toktts.model import (
     tokens_to_codes,
 )
 from models.tts.toktts.pipeline import ModelDirError
-from modules.seeding import utterance_generators
 from utils.config import ConfigError
+from utils.seeding import utterance_generators
 
 pytestmark = pytest.mark.filterwarnings("ignore:RANDOM-INIT CODEC")
 

@@ -131,6 +131,36 @@ def test_finetune_loads_only_weights(tmp_path, processed):
     assert list_checkpoints(tmp_path / "exp" / "src")[-1] == src_ckpt
 
 
+def write_weights_the_old_way(ckpt: Path, model: torch.nn.Module) -> None:
+    """model.safetensors as checkpoints were written before safetensors.torch.save_model was
+    used (the former utils.checkpoint.unique_state_dict + save_file): each tied tensor under its
+    first state-dict name, no metadata naming the dropped one."""
+    from safetensors.torch import save_file
+
+    seen, state = set(), {}
+    for name, tensor in model.state_dict().items():
+        if tensor.untyped_storage().data_ptr() not in seen:
+            seen.add(tensor.untyped_storage().data_ptr())
+            state[name] = tensor.detach().contiguous().clone()
+    save_file(state, str(ckpt / "model.safetensors"), metadata={"format": "pt"})
+
+
+def test_checkpoint_written_the_old_way_loads_and_resumes(tmp_path, processed):
+    cfg = config(tmp_path, processed, max_steps=2)
+    check_ok(run_training(args(cfg, "old")))
+    ckpt = list_checkpoints(tmp_path / "exp" / "old")[-1]
+    model = VALLE.from_config(load_config(cfg).model)
+    model.load_amphion_state_dict(last_weights(tmp_path / "exp" / "old"))
+    write_weights_the_old_way(ckpt, model)
+    loaded, _ = trainer.build_model(load_config(cfg), 1, ckpt)
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], tensor), name
+    longer = config(tmp_path, processed, max_steps=3)
+    check_ok(run_training(args(longer, "old", "--resume", "true")))
+    assert read_meta(list_checkpoints(tmp_path / "exp" / "old")[-1])["step"] == 3
+    assert sorted(read_log(tmp_path / "exp" / "old")) == [1, 2, 3]
+
+
 def test_finetune_from_amphion_release_and_changed_config_refused(tmp_path, processed):
     cfg = config(tmp_path, processed)
     model_cfg = load_config(cfg).model

@@ -161,12 +161,12 @@ def _runner(argv: list[str]) -> int:
         def hanging_save(exp_dir, name, weights, meta, state):
             if meta["step"] != hooks.hang_in_save_at_step:
                 return save_checkpoint(exp_dir, name, weights, meta, state)
-            from safetensors.torch import save_file
+            from safetensors.torch import save_model
 
             from utils.checkpoint import atomic_directory
 
             with atomic_directory(Path(exp_dir) / "checkpoint" / name) as tmp:
-                save_file(weights, str(tmp / "model.safetensors"))
+                save_model(weights, str(tmp / "model.safetensors"))
                 print("HANGING IN SAVE", flush=True)
                 time.sleep(600)  # the test kills us with SIGKILL here
 

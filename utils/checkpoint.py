@@ -19,9 +19,11 @@ says how an existing folder is replaced without a moment where no complete copy 
 `remove_incomplete` repairs what a kill left. `save_checkpoint` writes one, `prune_checkpoints`
 keeps the newest `keep_last` plus the one `best` names.
 
-Released Amphion folders (`<release>/args.json` + `<release>/checkpoint/<name>/pytorch_model.bin`
-or `model.safetensors`) are found by `resolve_checkpoint_dir` too; `read_model_config` reads their
-model section from `args.json`.
+`resolve_checkpoint` is the one place that turns a user's path into a checkpoint, for training
+(resume, finetune, the AR run of a NAR training) and inference alike: our experiment folders
+(newest or best checkpoint), one of our checkpoint folders, and released Amphion folders
+(`<release>/args.json` + `<release>/checkpoint/<name>/pytorch_model.bin` or `model.safetensors`),
+with the model section that describes the weights.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -202,36 +205,30 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TRAINING_STATE = "training_state.pt"
 
 
-def unique_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """`model.state_dict()` with each tied tensor once (first name), contiguous, on CPU.
-
-    safetensors cannot store one tensor under two names; the loader
-    (`VALLE.load_amphion_state_dict`) accepts either name of a tied pair and re-ties them.
-    """
-    seen: set[int] = set()
-    out = {}
-    for name, tensor in model.state_dict().items():
-        key = tensor.untyped_storage().data_ptr() if tensor.numel() else id(tensor)
-        if key in seen:
-            continue
-        seen.add(key)
-        out[name] = tensor.detach().to("cpu").contiguous().clone()
-    return out
-
-
 def save_checkpoint(
     exp_dir: str | os.PathLike,
     name: str,
-    weights: dict[str, torch.Tensor],
+    weights: torch.nn.Module | dict[str, torch.Tensor],
     meta: dict,
     training_state: dict | None,
 ) -> Path:
-    """Write `<exp_dir>/checkpoint/<name>/` atomically; return its final path."""
-    from safetensors.torch import save_file
+    """Write `<exp_dir>/checkpoint/<name>/` atomically; return its final path.
+
+    A model is written by `safetensors.torch.save_model`: each tied tensor once (safetensors
+    cannot store one tensor under two names; the file's metadata names the dropped one), on the
+    CPU. Loading goes through the model's own loader (`VALLE.load_amphion_state_dict`), not
+    `safetensors.torch.load_model`, because the same loader must also take released `.bin` files
+    (both names of a pair, `module.` prefixes) and name what does not fit.
+    """
+    from safetensors.torch import save_file, save_model
 
     final = Path(exp_dir) / "checkpoint" / name
     with atomic_directory(final) as tmp:
-        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        path, metadata = str(tmp / "model.safetensors"), {"format": "pt"}
+        if isinstance(weights, torch.nn.Module):
+            save_model(weights, path, metadata=metadata, force_contiguous=True)
+        else:
+            save_file(weights, path, metadata=metadata)
         meta = {"format": CHECKPOINT_FORMAT, **meta}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
         if training_state is not None:
@@ -305,28 +302,6 @@ def find_weights_file(ckpt_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-def resolve_checkpoint_dir(path: str | os.PathLike) -> Path:
-    """A checkpoint folder from: a checkpoint folder, an experiment / release folder (its newest
-    checkpoint) or a `checkpoint/` folder. Raises CheckpointError saying what was looked at."""
-    path = Path(path)
-    if not path.exists():
-        raise CheckpointError(f"checkpoint path does not exist: {path}")
-    if find_weights_file(path) is not None:
-        return path
-    found = list_checkpoints(path)
-    if found:
-        return found[-1]
-    root = path / "checkpoint" if (path / "checkpoint").is_dir() else path
-    # released folders may use other names: the newest sub-folder holding a weights file
-    others = [c for c in root.iterdir() if c.is_dir() and find_weights_file(c) is not None]
-    if others:
-        return max(others, key=checkpoint_order)
-    raise CheckpointError(
-        f"no checkpoint in {path}: expected {' or '.join(WEIGHT_FILES)} in it, or checkpoint "
-        "folders (epoch-XXXX_step-XXXXXXX_loss-X.XXXXXX) under it or under its checkpoint/"
-    )
-
-
 def load_weights(ckpt_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
     weights = find_weights_file(ckpt_dir)
     if weights is None:
@@ -345,27 +320,6 @@ def load_training_state(ckpt_dir: str | os.PathLike) -> dict:
     return _torch_load(path)
 
 
-def read_model_config(ckpt_dir: str | os.PathLike) -> tuple[dict, Path]:
-    """The model section that describes a checkpoint's weights, and the file it came from.
-
-    Ours: `meta.json["model"]`. A released Amphion folder: `args.json["model"]` next to
-    `checkpoint/` (looked up in the parent folders)."""
-    ckpt_dir = Path(ckpt_dir)
-    if (ckpt_dir / "meta.json").is_file():
-        return read_meta(ckpt_dir)["model"], ckpt_dir / "meta.json"
-    for parent in [ckpt_dir, *ckpt_dir.parents][:4]:
-        for name in ("args.json", "config.json"):
-            candidate = parent / name
-            if candidate.is_file():
-                data = read_json5(candidate)
-                if isinstance(data.get("model"), dict):
-                    return data["model"], candidate
-    raise CheckpointError(
-        f"{ckpt_dir}: cannot tell which model the weights are for (no meta.json here and no "
-        "args.json / config.json with a 'model' section in the folders above it)"
-    )
-
-
 def config_differences(recorded: dict, current: dict, prefix: str = "model") -> list[str]:
     """Human-readable differences `key: recorded -> current` over the keys of `current`."""
     diffs = []
@@ -380,3 +334,112 @@ def config_differences(recorded: dict, current: dict, prefix: str = "model") -> 
         if not same:
             diffs.append(f"{prefix}.{key}: {a!r} (checkpoint) -> {b!r} (config)")
     return diffs
+
+
+# --------------------------------------------------------------------------------------------
+# From a user's path to a checkpoint: the rules shared by training and inference
+# --------------------------------------------------------------------------------------------
+
+LAYOUTS = (
+    "an experiment (config.json + checkpoint/epoch-XXXX_step-XXXXXXX_loss-X.XXXXXX/)",
+    "one of its checkpoint folders (meta.json + model.safetensors)",
+    "a released Amphion model (args.json + symbols.dict + checkpoint/<name>/pytorch_model.bin "
+    "or model.safetensors)",
+)
+
+
+@dataclass(frozen=True)
+class CheckpointSource:
+    """One checkpoint a path resolves to, and the files that describe its weights."""
+
+    # "experiment" (ours, a checkpoint picked), "checkpoint" (one of our checkpoint folders) or
+    # "release" (an Amphion folder, or one of its checkpoint folders)
+    kind: str
+    root: Path  # the experiment or release folder
+    folder: Path  # the checkpoint folder
+    weights: Path  # its model.safetensors or pytorch_model.bin
+    config: Path  # the experiment's config.json or the release's args.json (may be absent: ours)
+    model: dict  # the model section that describes the weights
+    model_file: Path  # where `model` comes from: meta.json, config.json or args.json
+
+
+def resolve_checkpoint(path: str | os.PathLike, which: str = "latest") -> CheckpointSource:
+    """The checkpoint `path` names: one of our experiments (its `which` checkpoint, "latest" or
+    "best"), a `checkpoint/` folder, one checkpoint folder, or a released Amphion folder (its
+    newest checkpoint) or one of its checkpoint folders. CheckpointError says what was looked for.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: not a folder (expected {', '.join(LAYOUTS)})")
+    if path.name == "checkpoint" and not (path / "meta.json").is_file():
+        path = path.parent  # the experiment's or the release's checkpoint/ folder
+    if (path / "args.json").is_file():
+        return _release(path, which)
+    if (path / "meta.json").is_file():
+        exp_dir = path.parent.parent if path.parent.name == "checkpoint" else path.parent
+        return _ours(path, exp_dir, "checkpoint")
+    if find_weights_file(path):  # a release's checkpoint folder: args.json above it
+        for root in (path.parent.parent, path.parent):
+            if (root / "args.json").is_file():
+                return _release(root, which, folder=path)
+    if (path / "config.json").is_file() or (path / "checkpoint").is_dir():
+        return _ours(_pick(path, which), path, "experiment")
+    raise CheckpointError(
+        f"no checkpoint in {path}: it is neither {LAYOUTS[0]}, {LAYOUTS[1]} nor {LAYOUTS[2]}"
+    )
+
+
+def _pick(exp_dir: Path, which: str) -> Path:
+    """The latest or the best checkpoint folder of one of our experiments."""
+    if which == "best":
+        best = read_best(exp_dir)
+        if best is None:
+            raise CheckpointError(
+                f"{exp_dir}: no 'best' file naming an existing checkpoint folder (training writes "
+                "it after a validation); use the latest checkpoint (--infer_checkpoint latest)"
+            )
+        return best
+    found = list_checkpoints(exp_dir)
+    if not found:
+        raise CheckpointError(f"{exp_dir}: no checkpoint folders in {exp_dir / 'checkpoint'} yet")
+    return found[-1]
+
+
+def _ours(folder: Path, exp_dir: Path, kind: str) -> CheckpointSource:
+    """One of our checkpoint folders: meta.json describes it (else the experiment's config)."""
+    weights = find_weights_file(folder)
+    if weights is None:
+        raise CheckpointError(f"{folder}: no model.safetensors in this checkpoint folder")
+    config = exp_dir / "config.json"
+    for file in (folder / "meta.json", config):
+        data = read_json5(file) if file.is_file() else {}
+        if isinstance(data.get("model"), dict):
+            return CheckpointSource(kind, exp_dir, folder, weights, config, data["model"], file)
+    raise CheckpointError(
+        f"{folder}: cannot tell which model the weights are for (no 'model' section in its "
+        f"meta.json nor in {config})"
+    )
+
+
+def _release(root: Path, which: str, folder: Path | None = None) -> CheckpointSource:
+    """A released Amphion folder; `folder` = one of its checkpoint folders (default: newest)."""
+    args_path = root / "args.json"
+    args = read_json5(args_path)
+    if not isinstance(args.get("model"), dict):
+        raise CheckpointError(
+            f"{args_path}: no 'model' section; is this an Amphion VALL-E release?"
+        )
+    candidates = [[folder]] if folder else [(root / "checkpoint").glob("*"), [root]]
+    folders = [p for group in candidates for p in group if p.is_dir() and find_weights_file(p)]
+    if not folders:
+        raise CheckpointError(
+            f"{root}: no checkpoint/<name>/pytorch_model.bin or model.safetensors "
+            "(see bins/tts/download.py for the release layout)"
+        )
+    folders.sort(key=checkpoint_order)  # newest (by step in the name) last
+    if which == "best" and folder is None and len(folders) > 1:
+        logger.info("%s: a release has no 'best' marker; using the newest checkpoint", root)
+    weights = find_weights_file(folders[-1])
+    return CheckpointSource(
+        "release", root, folders[-1], weights, args_path, args["model"], args_path
+    )

@@ -8,7 +8,7 @@
 checkpoint, or `--checkpoint best`), one checkpoint folder, or a released Amphion VALL-E folder
 (`bins/tts/download.py`). Decoding options come from the `inference` section of --config,
 overridden by the options below; the model and its front end come from DIR (see
-models/tts/valle/inference.py).
+models/tts/valle/inference.py, over the shared shell models/base/inference.py).
 
 Outputs: OUT/single/<name>.wav or OUT/batch/<name or line number>.wav (24 kHz) and
 OUT/<mode>/results.jsonl (one line per utterance, and one per failure). OUT defaults to DIR/result.
@@ -21,26 +21,21 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 
 import torch
 
+from models.base.inference import Failure, InferenceError, claim_run_dir, safe_name, synthesize
 from models.tts.valle.inference import (
-    RESULTS,
-    InferenceError,
     ModelSource,
     Synthesizer,
     Utterance,
-    claim_run_dir,
     find_model_source,
     load_model,
     parse_test_list,
-    safe_name,
-    write_jsonl_line,
 )
 from utils.checkpoint import CheckpointError
-from utils.config import ConfigError, load_config, resolve_path
+from utils.config import ConfigError, InferenceConfig, load_config, resolve_path
 
 log = logging.getLogger("inference")
 
@@ -121,16 +116,30 @@ def load_codec(source: ModelSource, device: torch.device):
     return CodecTokenizer.from_processed_dir(resolve_path(pre.processed_dir), device)
 
 
+def requests(args: argparse.Namespace, continual: bool) -> tuple[list[Utterance], list[Failure]]:
+    """The utterances to synthesise (--mode single: one; batch: the test list's good lines)."""
+    if args.mode == "single":
+        return [single_utterance(args, continual)], []
+    utts, failures = parse_test_list(args.test_list_file, continual)
+    for failure in failures:
+        log.error("%s: %s", args.test_list_file, failure)
+    log.info("%s: %d utterances, %d bad lines", args.test_list_file, len(utts), len(failures))
+    return utts, failures
+
+
+def log_decoding(inf: InferenceConfig, config: Path) -> None:
+    log.info(
+        "decoding: top_k=%d top_p=%g temperature=%g seed=%d batch_size=%d continual=%s "
+        "kv_cache=%s (from %s + command line)",
+        inf.top_k, inf.top_p, inf.temperature, inf.seed, inf.batch_size, inf.continual,
+        inf.use_kv_cache, config,
+    )  # fmt: skip
+
+
 def run(args: argparse.Namespace) -> int:
     recipe_cfg = load_config(args.config, overrides={"inference": inference_overrides(args)})
     inf = recipe_cfg.inference
-    if args.mode == "single":
-        utts, failures = [single_utterance(args, inf.continual)], []
-    else:
-        utts, failures = parse_test_list(args.test_list_file, inf.continual)
-        for failure in failures:
-            log.error("%s: %s", args.test_list_file, failure)
-        log.info("%s: %d utterances, %d bad lines", args.test_list_file, len(utts), len(failures))
+    utts, failures = requests(args, inf.continual)
     source = find_model_source(args.expt_dir, inf.checkpoint, recipe_cfg)
     log.info("model: %s", source.describe())
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -138,57 +147,19 @@ def run(args: argparse.Namespace) -> int:
     codec = load_codec(source, device)
     if codec.is_random_init:
         log.warning(RANDOM_CODEC_WARNING)
-    log.info(
-        "decoding: top_k=%d top_p=%g temperature=%g seed=%d batch_size=%d continual=%s "
-        "kv_cache=%s (from %s + command line)",
-        inf.top_k,
-        inf.top_p,
-        inf.temperature,
-        inf.seed,
-        inf.batch_size,
-        inf.continual,
-        inf.use_kv_cache,
-        args.config,
-    )
+    log_decoding(inf, args.config)
     output_dir = args.output_dir or args.expt_dir / "result"
     run_dir = claim_run_dir(output_dir, args.mode, args.overwrite)
     log.info("writing to %s", run_dir)
     synth = Synthesizer(model, source, codec, inf, device)
-    start = time.perf_counter()
-    totals = {"n": 0, "seconds": 0.0}
-    with open(run_dir / RESULTS, "w", encoding="utf-8") as results:
-
-        def on_result(result) -> None:
-            write_jsonl_line(results, result.record())
-            totals["n"] += 1
-            totals["seconds"] += result.seconds
-            log.info(
-                "%s: %d frames (%.2f s, stopped by %s)",
-                result.output,
-                result.frames,
-                result.seconds,
-                result.stop_reason,
-            )
-
-        failures += synth.run(utts, run_dir, on_result, progress=args.progress)
-        for failure in sorted(failures, key=lambda f: f.line or 0):
-            write_jsonl_line(results, {"line": failure.line, "error": failure.message})
-    wall = time.perf_counter() - start
-    rtf = wall / totals["seconds"] if totals["seconds"] else float("nan")
-    log.info(
-        "%d utterances, %.2f s of audio in %.2f s (real-time factor %.3f) -> %s",
-        totals["n"],
-        totals["seconds"],
-        wall,
-        rtf,
-        run_dir / RESULTS,
-    )
-    log.info("time: %s", ", ".join(f"{k} {v:.2f} s" for k, v in synth.timings.items()))
+    summary = synthesize(synth, utts, run_dir, failures, batch_size=inf.batch_size,
+                         seed=inf.seed, progress=args.progress)  # fmt: skip
     if codec.is_random_init:
         log.warning(RANDOM_CODEC_WARNING)
-    if failures:
+    if summary.failures:
         where = f"{args.test_list_file}: " if args.mode == "batch" else ""
-        log.error("%d failed:\n%s", len(failures), "\n".join(f"  {where}{f}" for f in failures))
+        listed = "\n".join(f"  {where}{f}" for f in summary.failures)
+        log.error("%d failed:\n%s", len(summary.failures), listed)
         return 1
     return 0
 

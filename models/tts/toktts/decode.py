@@ -80,7 +80,7 @@ def generate(
     """Decode a batch of char id rows (S_b,) into codes (F_b, C) each.
 
     top_k 1 = greedy (default; no generator used). generators: one per item (seeded per
-    utterance, ``modules.seeding.utterance_generators``) for batch-independent sampling.
+    utterance, ``utils.seeding.utterance_generators``) for batch-independent sampling.
     max_frames: cap (default and maximum: the model's ``max_frames``).
     """
     cfg = model.cfg

@@ -30,7 +30,7 @@ import torch
 from models.codec.encodec import CodecTokenizer
 from models.tts.toktts.decode import generate
 from models.tts.toktts.model import CharTable, TokTTS, TokTTSConfig
-from modules.seeding import utterance_generators
+from utils.seeding import utterance_generators
 
 log = logging.getLogger(__name__)
 

@@ -1,8 +1,10 @@
-"""Zero-shot VALL-E inference (recipe stage 3): find the weights, read test lists, synthesise.
+"""Zero-shot VALL-E inference (recipe stage 3): VALL-E's part of the shared inference shell.
 
-Reading order: where the weights come from (`find_model_source`, `load_model`), what is
-synthesised (`Utterance`, `parse_test_list`), how text and audio become model input
-(`TextFrontend`, `load_prompt`), and the batched decoding + output writing (`Synthesizer`).
+`models.base.inference` reads test lists, claims the run folder, batches, seeds and writes
+results.jsonl; this module supplies what is VALL-E's: where the weights come from and which config
+goes with them (`find_model_source`, `load_model`), the line format (`Utterance`,
+`parse_test_list`), how text and audio become model input (`TextFrontend`, `load_prompt`) and the
+batched decoding (`Synthesizer`, the shell's `Synthesis`).
 
 Which config is used for what:
 * the architecture (`model`) and the front end (`preprocess`: G2P language, codec) come with the
@@ -13,50 +15,31 @@ Which config is used for what:
   own `inference` section is never used, so the same command line means the same decoding for
   any checkpoint.
 
-Sampling: every utterance has its own generator, seeded by `utterance_seed(inference.seed, name)`,
+Sampling: every utterance has its own generator, seeded by the shell's
+`utterance_seed(inference.seed, name)`,
 so its output does not depend on the batch size, the list order or the other lines.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import math
 import os
-import re
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile
 import torch
-from tqdm import tqdm
 
+from models.base.inference import Failure, InferenceError, output_name, read_test_list
 from models.tts.valle.valle import VALLE
-from modules.seeding import utterance_seed
 from text.g2p import phonemize
 from text.symbol_table import TextTokenizer
-from utils.audio import AudioError, load_audio, save_audio
-from utils.checkpoint import (
-    checkpoint_order,
-    find_weights_file,
-    list_checkpoints,
-    load_tensor_file,
-    read_best,
-    read_meta,
-)
+from utils.audio import AudioError, load_audio
+from utils.checkpoint import CheckpointError, CheckpointSource, load_tensor_file, resolve_checkpoint
 from utils.config import Config, InferenceConfig, ModelConfig, config_from_dict, read_json5
 
 log = logging.getLogger(__name__)
-
-
-RESULTS = "results.jsonl"  # one line per utterance or failure, in each run folder
-
-
-class InferenceError(RuntimeError):
-    """Inference cannot go on; the message names the file / line / phone and what to do."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -97,110 +80,60 @@ def _model_config(section: dict, source: Path) -> ModelConfig:
     ).model
 
 
-def _best_checkpoint(exp_dir: Path) -> Path:
-    best = read_best(exp_dir)
-    if best is None:
+def _experiment_config(found: CheckpointSource) -> Config:
+    """Our experiment's saved config, with the model section that describes the checkpoint."""
+    if not found.config.is_file():
         raise InferenceError(
-            f"{exp_dir}: no 'best' file naming an existing checkpoint folder (training writes it "
-            "after a validation); use --checkpoint latest"
-        )
-    return best
-
-
-def _our_checkpoint(ckpt_dir: Path, exp_dir: Path, kind: str) -> ModelSource:
-    config_path = exp_dir / "config.json"
-    if not config_path.is_file():
-        raise InferenceError(
-            f"{ckpt_dir}: the experiment folder {exp_dir} has no config.json "
+            f"{found.folder}: the experiment folder {found.root} has no config.json "
             "(stage 2 writes it next to checkpoint/)"
         )
-    cfg = _known_config(read_json5(config_path), config_path)
-    meta = read_meta(ckpt_dir)
-    if "model" in meta:  # the checkpoint describes itself; it wins over the experiment config
-        meta_model = _model_config(meta["model"], ckpt_dir / "meta.json")
-        if meta_model != cfg.model:
-            log.info(
-                "%s: using the model section of meta.json (differs from %s)", ckpt_dir, config_path
-            )
-        cfg = dataclasses.replace(cfg, model=meta_model)
-    weights = find_weights_file(ckpt_dir)
-    if weights is None:
-        raise InferenceError(f"{ckpt_dir}: no model.safetensors in this checkpoint folder")
-    return ModelSource(kind, exp_dir, weights, _symbols_of(exp_dir), cfg)
+    cfg = _known_config(read_json5(found.config), found.config)
+    model = _model_config(found.model, found.model_file)  # meta.json wins over config.json
+    if model != cfg.model:
+        log.info("%s: using the model section of meta.json (differs from %s)", found.folder,
+                 found.config)  # fmt: skip
+    return dataclasses.replace(cfg, model=model)
 
 
-def _symbols_of(root: Path) -> Path:
-    path = root / "symbols.dict"
-    if not path.is_file():
-        raise InferenceError(
-            f"{root}: no symbols.dict (the phone table the model was trained with)"
-        )
-    return path
-
-
-def _release(root: Path, which: str, recipe_cfg: Config, folder: Path | None = None) -> ModelSource:
-    """A released Amphion folder; `folder` = one of its checkpoint folders (default: newest)."""
-    args_path = root / "args.json"
-    args = read_json5(args_path)
-    if not isinstance(args.get("model"), dict):
-        raise InferenceError(f"{args_path}: no 'model' section; is this an Amphion VALL-E release?")
+def _release_config(found: CheckpointSource, recipe_cfg: Config) -> Config:
+    """A release's model section (args.json) with the recipe's front end and decoding."""
+    args = read_json5(found.config)
     other = sorted(k for k in args if k != "model")
-    log.info("%s: using its 'model' section; ignoring the rest (%s)", args_path, ", ".join(other))
-    mode = args["model"].get("prefix_mode")  # how its NAR was trained and is prompted (README)
+    log.info("%s: using its 'model' section; ignoring the rest (%s)", found.config,
+             ", ".join(other))  # fmt: skip
+    mode = found.model.get("prefix_mode")  # how its NAR was trained and is prompted (README)
     mode = "unknown (not in args.json; the default 0 is used)" if mode is None else mode
-    log.info("%s: model.prefix_mode %s", args_path, mode)
+    log.info("%s: model.prefix_mode %s", found.config, mode)
     extractor = args.get("preprocess", {}).get("phone_extractor", "espeak")
     if extractor != "espeak":
         raise InferenceError(
-            f"{args_path}: preprocess.phone_extractor is {extractor!r}; only espeak phones are "
-            "supported (the release's symbols.dict would not match our G2P)"
+            f"{found.config}: preprocess.phone_extractor is {extractor!r}; only espeak phones "
+            "are supported (the release's symbols.dict would not match our G2P)"
         )
-    candidates = [[folder]] if folder else [(root / "checkpoint").glob("*"), [root]]
-    folders = [p for group in candidates for p in group if p.is_dir() and find_weights_file(p)]
-    if not folders:
-        raise InferenceError(
-            f"{root}: no checkpoint/<name>/pytorch_model.bin or model.safetensors "
-            "(see bins/tts/download.py for the release layout)"
-        )
-    folders.sort(key=checkpoint_order)  # newest (by step in the name) last
-    if which == "best" and folder is None and len(folders) > 1:
-        log.info("%s: a release has no 'best' marker; using the newest checkpoint", root)
-    cfg = dataclasses.replace(recipe_cfg, model=_model_config(args["model"], args_path))
-    return ModelSource("release", root, find_weights_file(folders[-1]), _symbols_of(root), cfg)
+    return dataclasses.replace(recipe_cfg, model=_model_config(found.model, found.config))
 
 
 def find_model_source(path: str | os.PathLike, which: str, recipe_cfg: Config) -> ModelSource:
-    """Resolve --expt_dir: our experiment, one of our checkpoint folders, or an Amphion release.
+    """Resolve --expt_dir: our experiment, one of our checkpoint folders, or an Amphion release
+    (the rules of `utils.checkpoint.resolve_checkpoint`, shared with training).
 
     `which` ("latest" or "best") picks an experiment's checkpoint. `recipe_cfg` supplies the
     front-end settings of a release, which ships only Amphion's own config.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise InferenceError(f"--expt_dir {path}: not a folder")
-    if (path / "args.json").is_file():
-        return _release(path, which, recipe_cfg)
-    if find_weights_file(path) and not (path / "meta.json").is_file():  # a release's checkpoint
-        for root in (path.parent.parent, path.parent):
-            if (root / "args.json").is_file():
-                return _release(root, which, recipe_cfg, folder=path)
-    if (path / "meta.json").is_file():
-        exp_dir = path.parent.parent if path.parent.name == "checkpoint" else path.parent
-        return _our_checkpoint(path, exp_dir, "checkpoint")
-    if (path / "config.json").is_file():
-        if which == "best":
-            ckpt = _best_checkpoint(path)
-        else:
-            found = list_checkpoints(path)
-            if not found:
-                raise InferenceError(f"{path}: no checkpoint folders in {path / 'checkpoint'} yet")
-            ckpt = found[-1]
-        return _our_checkpoint(ckpt, path, "experiment")
-    raise InferenceError(
-        f"{path}: neither an experiment (config.json + checkpoint/), a checkpoint folder "
-        "(meta.json + model.safetensors) nor a released Amphion VALL-E (args.json + "
-        "symbols.dict + checkpoint/<name>/pytorch_model.bin)"
-    )
+    try:
+        found = resolve_checkpoint(path, which)
+    except CheckpointError as e:  # a wrong --expt_dir, not a broken file: stage 3's own error
+        raise InferenceError(f"--expt_dir: {e}") from None
+    if found.kind == "release":
+        cfg = _release_config(found, recipe_cfg)
+    else:
+        cfg = _experiment_config(found)
+    symbols = found.root / "symbols.dict"
+    if not symbols.is_file():
+        raise InferenceError(
+            f"{found.root}: no symbols.dict (the phone table the model was trained with)"
+        )
+    return ModelSource(found.kind, found.root, found.weights, symbols, cfg)
 
 
 def load_model(source: ModelSource, device: torch.device | str = "cpu"):
@@ -232,35 +165,16 @@ class Utterance:
     audio_prompt: Path
     line: int | None = None  # line number in the test list (batch mode)
 
-    def where(self) -> str:
-        return f"line {self.line}" if self.line is not None else "the command line"
-
-
-@dataclass
-class Failure:
-    line: int | None
-    message: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.message}" if self.line is not None else self.message
+    def fields(self) -> dict:
+        return {"text": self.text, "text_prompt": self.text_prompt,
+                "audio_prompt": str(self.audio_prompt)}  # fmt: skip
 
 
 _AUDIO_EXTENSIONS = {f".{fmt.lower()}" for fmt in soundfile.available_formats()} | {".oga"}
-_NAME_RE = re.compile(r"^[\w.+=-]+$")
 
 
 def _is_audio_file(path: Path) -> bool:
     return path.suffix.lower() in _AUDIO_EXTENSIONS and path.is_file()
-
-
-def safe_name(text: str, max_len: int = 40) -> str:
-    """A file stem made of the first words of free text ("Hello, world!" -> "hello_world")."""
-    stem = ""
-    for word in re.findall(r"\w+", text.lower()):
-        if stem and len(stem) + 1 + len(word) > max_len:
-            break
-        stem = f"{stem}_{word}" if stem else word[:max_len]
-    return stem or "pred"
 
 
 def parse_test_list(
@@ -275,34 +189,7 @@ def parse_test_list(
     The order is recognised by which field is an existing audio file; relative audio paths are
     relative to the list file. Blank lines and lines starting with `#` are skipped.
     """
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise InferenceError(f"test list {path}: cannot read it ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise InferenceError(f"test list {path}: not UTF-8 text ({e})") from None
-    utterances: list[Utterance] = []
-    failures: list[Failure] = []
-    names: dict[str, int] = {}
-    for lineno, raw in enumerate(lines, 1):
-        if not raw.strip() or raw.lstrip().startswith("#"):
-            continue
-        try:
-            utt = _parse_line(raw, lineno, path.parent, continual)
-        except InferenceError as e:
-            failures.append(Failure(lineno, str(e)))
-            continue
-        if utt.name in names:
-            failures.append(
-                Failure(
-                    lineno, f"output name {utt.name!r} is already used by line {names[utt.name]}"
-                )
-            )
-            continue
-        names[utt.name] = lineno
-        utterances.append(utt)
-    return utterances, failures
+    return read_test_list(path, lambda raw, lineno, base: _parse_line(raw, lineno, base, continual))
 
 
 def _parse_line(raw: str, lineno: int, base: Path, continual: bool) -> Utterance:
@@ -349,12 +236,7 @@ def _parse_line(raw: str, lineno: int, base: Path, continual: bool) -> Utterance
         raise InferenceError("empty text_prompt (the transcript of the audio prompt)")
     if not continual and not text:
         raise InferenceError("empty text (nothing to synthesise)")
-    name = fields[n_core] if len(fields) > n_core else str(lineno)
-    name = name[:-4] if name.lower().endswith(".wav") else name
-    if not _NAME_RE.match(name):
-        raise InferenceError(
-            f"output name {name!r} must be a plain file name (letters, digits, _.-)"
-        )
+    name = output_name(fields[n_core] if len(fields) > n_core else None, lineno)
     return Utterance(name, text, text_prompt, paths[audio], lineno)
 
 
@@ -449,39 +331,10 @@ class Prepared:
     enroll_len: int  # ids of the prompt text part
     prompt_codes: torch.Tensor  # (P, Q) int64
 
-
-@dataclass
-class Result:
-    utt: Utterance
-    output: Path
-    frames: int
-    seconds: float
-    stop_reason: str  # "eos", "cap" or "continual" (no AR loop)
-    wall_time: float  # seconds the item's batch took (generation + decoding + writing)
-    rtf: float  # wall_time / seconds of audio produced by that batch
-    batch_size: int  # items decoded together with this one
-    prompt_frames: int  # codec frames of the (trimmed) audio prompt
-    text_ids: int  # phone ids of prompt text + text, with <bos>/<eos>
-    seed: int  # this utterance's sampling seed (utterance_seed)
-
-    def record(self) -> dict:
-        return {
-            "name": self.utt.name,
-            "line": self.utt.line,
-            "text": self.utt.text,
-            "text_prompt": self.utt.text_prompt,
-            "audio_prompt": str(self.utt.audio_prompt),
-            "output": str(self.output),
-            "seconds": round(self.seconds, 4),
-            "frames": self.frames,
-            "stop_reason": self.stop_reason,
-            "wall_time": round(self.wall_time, 4),
-            "rtf": round(self.rtf, 4),
-            "batch_size": self.batch_size,
-            "prompt_frames": self.prompt_frames,
-            "text_ids": self.text_ids,
-            "seed": self.seed,
-        }
+    @property
+    def length(self) -> tuple[int, int]:
+        """Expected work: grows with the target text (generated frames) and the prompt."""
+        return len(self.text_ids) - self.enroll_len, self.prompt_codes.shape[0]
 
 
 def frame_caps(text_lens: list[int], inf: InferenceConfig, frame_rate: float) -> list[int]:
@@ -501,20 +354,8 @@ def frame_caps(text_lens: list[int], inf: InferenceConfig, frame_rate: float) ->
     return caps
 
 
-def batches(items: list[Prepared], batch_size: int) -> Iterator[list[Prepared]]:
-    """Batches of similar expected length, longest first (an out-of-memory shows at once).
-
-    Expected work grows with the target text (generated frames) and the prompt (context).
-    """
-    order = sorted(
-        items, key=lambda p: (len(p.text_ids) - p.enroll_len, p.prompt_codes.shape[0]), reverse=True
-    )
-    for i in range(0, len(order), batch_size):
-        yield order[i : i + batch_size]
-
-
 class Synthesizer:
-    """A loaded model + front end + codec, turning Utterances into wav files."""
+    """VALL-E's `models.base.inference.Synthesis`: a loaded model + front end + codec."""
 
     def __init__(
         self, model, source: ModelSource, codec, inf: InferenceConfig, device: torch.device
@@ -534,56 +375,56 @@ class Synthesizer:
                 f"{source.symbols} gives {vocab} text tokens but the model has only "
                 f"text_token_num = {source.cfg.model.text_token_num}: wrong symbols.dict for it"
             )
-        # seconds spent in: G2P + prompt tokenization, model.generate, codec decoding + writing
-        self.timings = {"prepare": 0.0, "generate": 0.0, "decode": 0.0}
 
-    def prepare(self, utts: list[Utterance]) -> tuple[list[Prepared], list[Failure]]:
-        """Phonemize texts and tokenize prompts; an item that fails is reported, not fatal.
+    def prepare(self, utts: list[Utterance]) -> list[Prepared | InferenceError]:
+        """Phonemize texts and tokenize prompts; an item that fails is an error, not fatal.
 
         On a GPU prompts are tokenized batch_size at a time (the codec's batched codes equal
         its one-by-one codes, see models/codec/encodec.py); on a CPU one at a time, which
         measured faster there (bench/inference_batch.py).
         """
-        prepared, failures = [], []
-        q = self.source.cfg.model.num_quantizers
+        out: list[Prepared | InferenceError] = []
         chunk = self.inf.batch_size if self.device.type == "cuda" else 1
         for i in range(0, len(utts), chunk):
-            loaded = []  # (utt, ids, enroll_len, wav)
-            for utt in utts[i : i + chunk]:
-                try:
-                    ids, enroll_len = self.frontend.encode(utt.text_prompt, utt.text)
-                    wav = load_prompt(
-                        utt.audio_prompt,
-                        self.sample_rate,
-                        self.inf.max_prompt_seconds,
-                        self.inf.trim_long_prompts,
-                    )
-                except InferenceError as e:
-                    failures.append(Failure(utt.line, str(e)))
-                    continue
-                loaded.append((utt, ids, enroll_len, wav))
-            all_codes = self.codec.encode([wav.to(self.device) for *_, wav in loaded])
-            for (utt, ids, enroll_len, _), codes in zip(loaded, all_codes, strict=True):
-                if self.inf.continual and codes.shape[0] < 2:
-                    failures.append(
-                        Failure(
-                            utt.line,
-                            f"audio prompt {utt.audio_prompt} is {codes.shape[0]} codec frame(s): "
-                            "continual mode needs at least 2 (it redoes the prompt's second half)",
-                        )
-                    )
-                    continue
-                prepared.append(Prepared(utt, ids, enroll_len, codes[:, :q].long().cpu()))
-        return prepared, failures
+            part = utts[i : i + chunk]
+            loaded = [self._load(utt) for utt in part]  # (ids, enroll_len, wav) or an error
+            wavs = [x[2].to(self.device) for x in loaded if not isinstance(x, InferenceError)]
+            all_codes = iter(self.codec.encode(wavs))
+            for utt, x in zip(part, loaded, strict=True):
+                out.append(x if isinstance(x, InferenceError) else self._item(utt, x, all_codes))
+        return out
 
-    def seed_of(self, utt: Utterance) -> int:
-        return utterance_seed(self.inf.seed, utt.name)
+    def _load(self, utt: Utterance) -> tuple[list[int], int, torch.Tensor] | InferenceError:
+        try:
+            ids, enroll_len = self.frontend.encode(utt.text_prompt, utt.text)
+            inf = self.inf
+            wav = load_prompt(utt.audio_prompt, self.sample_rate, inf.max_prompt_seconds,
+                              inf.trim_long_prompts)  # fmt: skip
+        except InferenceError as e:
+            return e
+        return ids, enroll_len, wav
 
-    def generate(self, batch: list[Prepared]):
+    def _item(self, utt: Utterance, loaded: tuple, all_codes) -> Prepared | InferenceError:
+        ids, enroll_len, _ = loaded
+        codes = next(all_codes)
+        if self.inf.continual and codes.shape[0] < 2:
+            return InferenceError(
+                f"audio prompt {utt.audio_prompt} is {codes.shape[0]} codec frame(s): "
+                "continual mode needs at least 2 (it redoes the prompt's second half)"
+            )
+        q = self.source.cfg.model.num_quantizers
+        return Prepared(utt, ids, enroll_len, codes[:, :q].long().cpu())
+
+    def record(self, item: Prepared) -> dict:
+        return {"prompt_frames": int(item.prompt_codes.shape[0]), "text_ids": len(item.text_ids)}
+
+    def generate(
+        self, batch: list[Prepared], seeds: list[int]
+    ) -> tuple[list[torch.Tensor], list[str]]:
         """One model.generate call for a batch (right-padded text and prompt codes).
 
-        Each utterance samples from its own generator (seed_of), so its output does not depend
-        on the batch it lands in."""
+        Each utterance samples from its own generator (seeded with its seed), so its output
+        does not depend on the batch it lands in."""
         dev = self.device
         text_lens = torch.tensor([len(p.text_ids) for p in batch], device=dev)
         text = torch.zeros(len(batch), int(text_lens.max()), dtype=torch.long, device=dev)
@@ -595,7 +436,7 @@ class Synthesizer:
         for i, p in enumerate(batch):
             prompts[i, : p.prompt_codes.shape[0]] = p.prompt_codes.to(dev)
         caps = frame_caps([len(p.text_ids) for p in batch], self.inf, self.frame_rate)
-        return self.model.generate(
+        result = self.model.generate(
             text,
             text_lens,
             prompts,
@@ -604,7 +445,7 @@ class Synthesizer:
             top_k=self.inf.top_k,
             top_p=self.inf.top_p,
             temperature=self.inf.temperature,
-            generator=[torch.Generator(device=dev).manual_seed(self.seed_of(p.utt)) for p in batch],
+            generator=[torch.Generator(device=dev).manual_seed(seed) for seed in seeds],
             max_new_frames=torch.tensor(caps, device=dev),
             min_new_frames=self.inf.min_frames,
             continual=self.inf.continual,
@@ -614,94 +455,11 @@ class Synthesizer:
                 for p in batch
             ],
         )
+        return result.codes, result.stop_reasons
 
-    def run(
-        self,
-        utts: list[Utterance],
-        out_dir: Path,
-        on_result: Callable[[Result], None],
-        progress: bool = True,
-    ) -> list[Failure]:
-        """Synthesise every utterance into out_dir/<name>.wav; returns the failed ones."""
-        start = time.perf_counter()
-        prepared, failures = self.prepare(utts)
-        self.timings["prepare"] += time.perf_counter() - start
-        bar = tqdm(total=len(prepared), desc="synthesis", unit="utt", disable=not progress)
-        for batch in batches(prepared, self.inf.batch_size):
-            start = time.perf_counter()
-            result = self.generate(batch)
-            generated = time.perf_counter()
-            wavs = [self._decode(codes) for codes in result.codes]
-            outputs = [
-                save_audio(out_dir / f"{p.utt.name}.wav", w, self.sample_rate)
-                for p, w in zip(batch, wavs, strict=True)
-            ]
-            wall = time.perf_counter() - start
-            self.timings["generate"] += generated - start
-            self.timings["decode"] += wall - (generated - start)
-            audio_seconds = sum(w.numel() for w in wavs) / self.sample_rate
-            for p, codes, reason, wav, output in zip(
-                batch, result.codes, result.stop_reasons, wavs, outputs, strict=True
-            ):
-                on_result(
-                    Result(
-                        p.utt,
-                        output,
-                        frames=int(codes.shape[0]),
-                        seconds=wav.numel() / self.sample_rate,
-                        stop_reason=reason,
-                        wall_time=wall,
-                        rtf=wall / audio_seconds if audio_seconds > 0 else math.inf,
-                        batch_size=len(batch),
-                        prompt_frames=int(p.prompt_codes.shape[0]),
-                        text_ids=len(p.text_ids),
-                        seed=self.seed_of(p.utt),
-                    )
-                )
-            bar.update(len(batch))
-        bar.close()
-        return failures
-
-    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """(G, Q) codes -> 1-D waveform of G * hop samples (decoded alone: batch-independent)."""
         if codes.shape[0] == 0:
             return torch.zeros(0)
         wav = self.codec.decode(codes[None].to(self.device))  # (1, samples)
         return wav[0, : codes.shape[0] * self.source.cfg.preprocess.codec_hop_size].float().cpu()
-
-
-# --------------------------------------------------------------------------------------------
-# Output folders
-# --------------------------------------------------------------------------------------------
-
-
-def claim_run_dir(output_dir: Path, mode: str, overwrite: bool) -> Path:
-    """OUT/<mode>, or OUT/<mode>-2, -3, ... when that holds an earlier run (unless overwrite).
-
-    A folder is claimed by creating its results.jsonl exclusively (O_EXCL): of two runs started
-    together only one can, so they never share a folder. An empty folder (a run that stopped
-    before it claimed) is taken; one holding anything is not. With overwrite, OUT/<mode> is
-    taken whatever it holds (the user's explicit choice).
-    """
-    output_dir.mkdir(parents=True, exist_ok=True)
-    first = output_dir / mode
-    if overwrite:
-        first.mkdir(exist_ok=True)
-        return first
-    n = 0
-    while True:
-        n += 1
-        candidate = first if n == 1 else output_dir / f"{mode}-{n}"
-        candidate.mkdir(exist_ok=True)
-        if any(candidate.iterdir()):
-            continue  # an earlier (or a concurrent) run's folder
-        try:
-            (candidate / RESULTS).touch(exist_ok=False)
-        except FileExistsError:
-            continue  # another run claimed it between our two looks
-        return candidate
-
-
-def write_jsonl_line(handle, record: dict) -> None:
-    handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-    handle.flush()

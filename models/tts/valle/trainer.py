@@ -75,11 +75,9 @@ from utils.checkpoint import (
     prune_checkpoints,
     read_best,
     read_meta,
-    read_model_config,
     remove_incomplete,
-    resolve_checkpoint_dir,
+    resolve_checkpoint,
     save_checkpoint,
-    unique_state_dict,
     write_best,
 )
 from utils.config import Config, config_to_dict, load_config, resolve_path, save_config
@@ -224,7 +222,8 @@ def check_same_data(recorded: dict | None, current: dict, where: Path, *, strict
 
 def check_model_config(ckpt_dir: Path, cfg: Config) -> None:
     """Refuse weights made for another architecture, listing every difference."""
-    recorded, source = read_model_config(ckpt_dir)
+    found = resolve_checkpoint(ckpt_dir)  # the same rules as stage 3
+    recorded, source = found.model, found.model_file
     current = config_to_dict(cfg.model)
     # dropout changes no tensor shape; fine-tuning with another dropout is legitimate
     diffs = [d for d in config_differences(recorded, current) if not d.startswith("model.dropout")]
@@ -246,14 +245,14 @@ def pick_checkpoints(args: argparse.Namespace, exp_dir: Path, train_stage: int):
                 f" pass the source with --resume_from_ckpt_path and a --name whose folder "
                 f"holds no checkpoints yet ({exp_dir})"
             )
-        return None, resolve_checkpoint_dir(args.resume_from_ckpt_path)
+        return None, resolve_checkpoint(args.resume_from_ckpt_path).folder
     if args.resume:
         if not args.resume_from_ckpt_path and not list_checkpoints(exp_dir):
             raise CheckpointError(
                 f"--resume true but {exp_dir} has no complete checkpoint to resume from; "
                 "train without --resume, or name one with --resume_from_ckpt_path"
             )
-        ckpt = resolve_checkpoint_dir(args.resume_from_ckpt_path or exp_dir)
+        ckpt = resolve_checkpoint(args.resume_from_ckpt_path or exp_dir).folder
         return ckpt, ckpt
     if list_checkpoints(exp_dir):
         raise TrainingError(
@@ -264,7 +263,7 @@ def pick_checkpoints(args: argparse.Namespace, exp_dir: Path, train_stage: int):
         if train_stage != 2:
             logger.warning("--ar_model_ckpt_dir is used by train_stage 2 only; ignoring it")
             return None, None
-        return None, resolve_checkpoint_dir(args.ar_model_ckpt_dir)
+        return None, resolve_checkpoint(args.ar_model_ckpt_dir).folder
     if train_stage == 2:
         logger.warning(
             "train_stage 2 (NAR) without --ar_model_ckpt_dir: the AR decoder stays random; "
@@ -617,8 +616,8 @@ def save(run: Run, *, name_epoch: int) -> Path | None:
             "valid_loss": valid_loss,
             "data_fingerprint": run.data_fingerprint,
         }
-        weights = unique_state_dict(run.accelerator.unwrap_model(run.model))
-        path = save_checkpoint(run.exp_dir, name, weights, meta, state)
+        model = run.accelerator.unwrap_model(run.model)
+        path = save_checkpoint(run.exp_dir, name, model, meta, state)
         if valid_loss is not None and (
             valid_loss < run.best_valid_loss or read_best(run.exp_dir) is None
         ):
