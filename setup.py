@@ -23,7 +23,9 @@ setup(
     long_description=(ROOT / "README.md").read_text() if (ROOT / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["bins*", "evaluation*", "models*", "modules*", "preprocessors*", "utils*"]),
+    packages=find_packages(
+        include=["bins*", "evaluation*", "models*", "modules*", "preprocessors*", "utils*"]
+    ),
     install_requires=read_requirements(),
     license="MIT",
 )

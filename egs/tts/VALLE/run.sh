@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # VALL-E recipe: 1 = data (lhotse manifests, phonemes, EnCodec tokens), 2 = training (AR / NAR),
-# 3 = zero-shot inference. Run from any directory, with sh or bash:
+# 3 = zero-shot inference, 4 = evaluation. Run from any directory, with sh or bash:
 #   sh egs/tts/VALLE/run.sh --stage 1
 #   sh egs/tts/VALLE/run.sh --stage 2 --name EXP --model_train_stage 1
 #   sh egs/tts/VALLE/run.sh --stage 3 --infer_expt_dir exp/valle/EXP --infer_mode batch \
 #        --infer_test_list_file list.txt
+#   sh egs/tts/VALLE/run.sh --stage 4 --eval_input_dir exp/valle/EXP/result/batch
 # All logic lives in bins/tts/*.py; this script parses options and dispatches.
 
 # `sh` is dash on Debian: re-run under bash before using anything bash-only.
@@ -17,7 +18,7 @@ work_dir=$(cd "$exp_dir/../../.." && pwd)
 # ---- options: name=default ; help text ------------------------------------------------------
 config=$exp_dir/exp_config.json    # json5 config of the recipe
 name=""                            # experiment name (stage 2): output in <log_dir>/<name>
-stage=1                            # first recipe stage to run (1 data, 2 train, 3 inference)
+stage=1                            # first recipe stage (1 data, 2 train, 3 inference, 4 eval)
 stop_stage=""                      # last recipe stage to run (default: same as --stage)
 gpu=""                             # visible GPUs, e.g. 0,1 (default: all; CPU when none)
 model_train_stage=""               # 0 AR+NAR, 1 AR, 2 NAR (default: train.train_stage)
@@ -42,6 +43,13 @@ infer_continual=""                 # stage 3: true = continue the prompt utteran
 infer_max_seconds=""               # stage 3: override inference.max_seconds (length cap)
 overwrite=false                    # stage 3: write into an existing output dir
 num_workers=""                     # stage 1: override preprocess.num_workers
+eval_input_dir=""                  # stage 4: stage-3 folder with results.jsonl (3->4: that run)
+eval_output_dir=""                 # stage 4: output dir (default: <eval_input_dir>/eval)
+eval_asr=""                        # stage 4: whisper, hubert or pocketsphinx (evaluation.asr)
+eval_asr_model=""                  # stage 4: ASR hub id or local folder (evaluation.asr_model)
+eval_sim=""                        # stage 4: wavlm or resemblyzer (evaluation.sim)
+eval_sim_model=""                  # stage 4: speaker model id or folder (evaluation.sim_model)
+eval_mos=""                        # stage 4: dnsmos or none (evaluation.mos)
 
 usage() {
   cat <<EOF
@@ -49,7 +57,7 @@ Usage: sh egs/tts/VALLE/run.sh [options]
 Runs the VALL-E recipe stages --stage .. --stop_stage. Options (default in brackets):
   -c, --config FILE             json5 recipe config [$exp_dir/exp_config.json]
   -n, --name NAME               experiment name, stage 2: written to <log_dir>/NAME
-  -s, --stage N                 first stage: 1 data, 2 training, 3 inference [1]
+  -s, --stage N                 first stage: 1 data, 2 training, 3 inference, 4 evaluation [1]
       --stop_stage N            last stage to run [same as --stage]
       --gpu LIST                visible GPU ids, e.g. 0,1 [all; CPU when there is none]
       --model_train_stage N     0 AR+NAR, 1 AR decoder, 2 NAR decoders [train.train_stage]
@@ -74,6 +82,13 @@ Runs the VALL-E recipe stages --stage .. --stop_stage. Options (default in brack
       --infer_max_seconds S     stage 3: cap on generated seconds [inference.max_seconds]
       --overwrite true|false    stage 3: reuse an existing output folder [false]
       --num_workers N           stage 1: worker processes [preprocess.num_workers]
+      --eval_input_dir DIR      stage 4: stage-3 folder (results.jsonl) [with 3: the one written]
+      --eval_output_dir DIR     stage 4: metrics + summary [<eval_input_dir>/eval]
+      --eval_asr NAME           stage 4: whisper, hubert or pocketsphinx [evaluation.asr]
+      --eval_asr_model ID|DIR   stage 4: ASR model hub id or local folder [evaluation.asr_model]
+      --eval_sim NAME           stage 4: wavlm or resemblyzer [evaluation.sim]
+      --eval_sim_model ID|DIR   stage 4: speaker model hub id or folder [evaluation.sim_model]
+      --eval_mos NAME           stage 4: dnsmos or none [evaluation.mos]
   -h, --help                    print this help
 EOF
 }
@@ -92,7 +107,8 @@ known=" config name stage stop_stage gpu model_train_stage ar_model_ckpt_dir res
   resume_from_ckpt_path resume_type infer_expt_dir infer_output_dir infer_mode
   infer_test_list_file infer_text infer_text_prompt infer_audio_prompt infer_checkpoint
   infer_top_k infer_top_p infer_temperature infer_seed infer_batch_size infer_continual
-  infer_max_seconds overwrite num_workers "
+  infer_max_seconds overwrite num_workers eval_input_dir eval_output_dir eval_asr
+  eval_asr_model eval_sim eval_sim_model eval_mos "
 known=$(echo $known)
 while [ $# -gt 0 ]; do
   arg=$1
@@ -115,7 +131,7 @@ done
 
 [ -n "$stop_stage" ] || stop_stage=$stage
 for n in stage stop_stage; do
-  [[ ${!n} =~ ^[1-3]$ ]] || die "--$n must be 1, 2 or 3 (got '${!n}')"
+  [[ ${!n} =~ ^[1-4]$ ]] || die "--$n must be 1, 2, 3 or 4 (got '${!n}')"
 done
 [ "$stage" -le "$stop_stage" ] || die "--stage ($stage) is after --stop_stage ($stop_stage)"
 [ -f "$config" ] || die "config file not found: $config (--config)"
@@ -140,6 +156,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     *) die "--infer_mode must be single or batch (got '$infer_mode')" ;;
   esac
 fi
+[ "$stage" -le 3 ] || needs 4 eval_input_dir  # with stage 3: the folder it writes
 
 # ---- environment -----------------------------------------------------------------------------
 [ -f "$work_dir/.venv/bin/activate" ] || die "$work_dir/.venv is missing: run 'make install' once"
@@ -147,8 +164,11 @@ fi
 . "$work_dir/env.sh"
 # Paths given relative to the caller's directory stay so after the cd below.
 for opt in ar_model_ckpt_dir resume_from_ckpt_path infer_expt_dir infer_output_dir \
-    infer_test_list_file infer_audio_prompt; do
+    infer_test_list_file infer_audio_prompt eval_input_dir eval_output_dir; do
   case "${!opt}" in ""|/*) ;; *) printf -v "$opt" '%s' "$PWD/${!opt}" ;; esac
+done
+for opt in eval_asr_model eval_sim_model; do  # an existing local folder; else a hub id as given
+  case "${!opt}" in ""|/*) ;; *) [ ! -e "${!opt}" ] || printf -v "$opt" '%s' "$PWD/${!opt}" ;; esac
 done
 cd "$work_dir"
 [ -z "$gpu" ] || export CUDA_VISIBLE_DEVICES=$gpu
@@ -184,8 +204,23 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     --checkpoint "$infer_checkpoint" --top_k "$infer_top_k" --top_p "$infer_top_p" \
     --temperature "$infer_temperature" --seed "$infer_seed" --batch_size "$infer_batch_size" \
     --continual "$infer_continual" --max_seconds "$infer_max_seconds")
+  run_dir_file=$(mktemp)
+  trap 'rm -f "$run_dir_file"' EXIT
   python bins/tts/inference.py --config "$config" --expt_dir "$infer_expt_dir" \
-    --mode "$infer_mode" --overwrite "$overwrite" ${extra[@]+"${extra[@]}"}
+    --mode "$infer_mode" --overwrite "$overwrite" --run_dir_file "$run_dir_file" \
+    ${extra[@]+"${extra[@]}"}
+  infer_run_dir=$(cat "$run_dir_file"); rm -f "$run_dir_file"
+  log "Stage 3 wrote $infer_run_dir"
+  [ -n "$eval_input_dir" ] || eval_input_dir=$infer_run_dir
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+  log "Stage 4: evaluation of $eval_input_dir"
+  mapfile -d '' extra < <(opt_args --output_dir "$eval_output_dir" --asr "$eval_asr" \
+    --asr_model "$eval_asr_model" --sim "$eval_sim" --sim_model "$eval_sim_model" \
+    --mos "$eval_mos")
+  python bins/tts/evaluate.py --config "$config" --input_dir "$eval_input_dir" \
+    ${extra[@]+"${extra[@]}"}
 fi
 
 log "Successfully finished [elapsed=$(( $(date +%s) - start_time ))s]"

@@ -42,7 +42,14 @@ from utils.checkpoint import (
     read_best,
     read_meta,
 )
-from utils.config import Config, InferenceConfig, ModelConfig, config_from_dict, read_json5
+from utils.config import (
+    Config,
+    InferenceConfig,
+    ModelConfig,
+    config_from_dict,
+    read_json5,
+    resolve_path,
+)
 from utils.symbol_table import TextTokenizer
 
 log = logging.getLogger(__name__)
@@ -191,6 +198,16 @@ def find_model_source(path: str | os.PathLike, which: str, recipe_cfg: Config) -
         "(meta.json + model.safetensors) nor a released Amphion VALL-E (args.json + "
         "symbols.dict + checkpoint/<name>/pytorch_model.bin)"
     )
+
+
+def load_codec(source: ModelSource, device: torch.device | str = "cpu"):
+    """The codec the model's codes were made with (see models/codec/encodec.py)."""
+    from models.codec.encodec import CodecTokenizer
+
+    pre = source.cfg.preprocess
+    if source.kind == "release":  # trained on the official 24 kHz EnCodec (or a local copy)
+        return CodecTokenizer.from_config(pre, device)
+    return CodecTokenizer.from_processed_dir(resolve_path(pre.processed_dir), device)
 
 
 def load_model(source: ModelSource, device: torch.device | str = "cpu"):
