@@ -98,6 +98,15 @@ def append_line(handle, record: dict) -> None:
     os.fsync(handle.fileno())
 
 
+def ends_with_newline(path: Path) -> bool:
+    """True for an empty file or one whose last byte is a newline."""
+    with open(path, "rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def load_checked(path: Path, what: str) -> np.ndarray:
     """16 kHz mono float32; AudioError for missing / unreadable / empty / silent audio."""
     wav = load_audio(path, SAMPLE_RATE).numpy()
@@ -190,6 +199,8 @@ def score_all(
     results = {it.name: done[it.name] for it in items if it.name in done}
     bar = tqdm(total=len(todo), desc="scoring", unit="utt", disable=not progress)
     with open(metrics_path, "a", encoding="utf-8") as handle:
+        if not ends_with_newline(metrics_path):  # a kill mid-line: start on a fresh line
+            handle.write("\n")
         for i in range(0, len(todo), batch_size):
             for rec in scorer.score_batch(todo[i : i + batch_size]):
                 append_line(handle, rec)

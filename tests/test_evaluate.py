@@ -73,8 +73,8 @@ def audio(tmp_path_factory) -> dict:
 @pytest.fixture(scope="session")
 def config(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("eval_cfg") / "eval.json"
-    tree = {"base_config": str(REPO_ROOT / "config" / "valle.json"),
-            "evaluation": {"asr": "pocketsphinx", "sim": "resemblyzer", "mos": "dnsmos"}}  # fmt: skip
+    offline = {"asr": "pocketsphinx", "sim": "resemblyzer", "mos": "dnsmos"}
+    tree = {"base_config": str(REPO_ROOT / "config" / "valle.json"), "evaluation": offline}
     path.write_text(json.dumps(tree))
     return path
 
@@ -97,3 +97,58 @@ def test_speech_scores_better_than_noise(audio, offline_scorer, tmp_path):
         assert "pocketsphinx 5.1.1" in rec["backends"]["asr"]
         assert "resemblyzer" in rec["backends"]["sim"] and "DNSMOS" in rec["backends"]["mos"]
         assert rec["sim_r"] is None  # no codec known: not computed, not invented
+
+
+def test_bad_input_is_reported_per_line_and_the_rest_scored(audio, config, tmp_path, capsys):
+    d = tmp_path
+    sf.write(d / "silence.wav", np.zeros(16000, dtype=np.float32), 16000)
+    sf.write(d / "empty.wav", np.zeros(0, dtype=np.float32), 16000)
+    (d / "corrupt.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk")
+    good = record("good", SPEECH[0], audio["prompt"], audio["speech"][0])
+    lines = [json.dumps(good)]
+    for name, wav in [("missing", d / "nope.wav"), ("silence", d / "silence.wav"),
+                      ("empty", d / "empty.wav"), ("corrupt", d / "corrupt.wav")]:  # fmt: skip
+        lines.append(json.dumps(record(name, SPEECH[0], audio["prompt"], wav)))
+    lines.append(json.dumps(record("notext", "  ", audio["prompt"], audio["speech"][1])))
+    lines.append(json.dumps({"line": 9, "error": "phone 'x' is not in the symbol table"}))
+    lines.append("{not json")
+    (d / "results.jsonl").write_text("\n".join(lines) + "\n")
+    assert cli.main(["--config", str(config), "--input_dir", str(d), "--progress", "false"]) == 1
+    summary = json.loads((d / "eval" / "summary.json").read_text())
+    assert summary["n"] == 1 and summary["n_failed"] == 7
+    reasons = {f["name"]: f["error"] for f in summary["failed"]}
+    assert "file not found" in reasons["missing"] and "silence" in reasons["silence"]
+    assert "zero-length" in reasons["empty"] and "unreadable" in reasons["corrupt"]
+    assert "empty text" in reasons["notext"]
+    assert "stage 3 failed" in reasons["test-list line 9"]
+    assert "not JSON" in reasons["results.jsonl line 8"]
+    logs = capsys.readouterr().err
+    for name, why in reasons.items():  # each failure is in the log with its name and reason
+        assert f"FAILED {name}: {why}" in logs
+    assert summary["sim_r"] is None and summary["wer"] is not None
+    table = (d / "eval" / "summary.md").read_text()
+    assert "| n/a |" in table  # SIM-r was not computed: no number printed for it
+    assert "FAILED silence" in table
+
+
+def test_rerun_skips_scored_utterances_and_a_killed_run_loses_nothing(audio, config, tmp_path):
+    recs = [record(f"s{i}", t, audio["prompt"], w) for i, (t, w) in enumerate(
+        zip(SPEECH, audio["speech"], strict=True))]  # fmt: skip
+    write_results(tmp_path, recs)
+    args = ["--config", str(config), "--input_dir", str(tmp_path), "--progress", "false"]
+    metrics = tmp_path / "eval" / "metrics.jsonl"
+    assert cli.main(args + ["--mos", "none"]) == 0
+    first = metrics.read_text().splitlines()
+    assert [json.loads(x)["name"] for x in first] == ["s0", "s1"]
+    # Killed while writing the second line: the first complete line is kept and not redone.
+    metrics.write_text(first[0] + "\n" + first[1][:25])
+    assert cli.main(args + ["--mos", "none"]) == 0
+    lines = metrics.read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[2])["name"] == "s1"
+    assert json.loads(lines[2])["wer"] == json.loads(first[1])["wer"]
+    assert cli.main(args + ["--mos", "none"]) == 0
+    assert len(metrics.read_text().splitlines()) == 3  # nothing left to score
+    assert cli.main(args) == 0  # other backends (DNSMOS on): everything scored again
+    assert len(metrics.read_text().splitlines()) == 5
+    summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
+    assert summary["n"] == 2 and summary["dnsmos_ovrl"] is not None
