@@ -30,11 +30,13 @@ class HubertCTC:
         inputs = self.processor(
             wavs, sampling_rate=16000, return_tensors="pt", padding=True, return_attention_mask=True
         )
-        logits = self.model(
-            inputs.input_values.to(self.device),
-            attention_mask=inputs.attention_mask.to(self.device),
-        ).logits  # (B, frames, vocab)
-        return [t.strip() for t in self.processor.batch_decode(logits.argmax(-1).cpu())]
+        mask = inputs.attention_mask.to(self.device)
+        logits = self.model(inputs.input_values.to(self.device), attention_mask=mask).logits
+        ids = logits.argmax(-1).cpu()  # (B, frames)
+        # Frames of the padding are not the utterance's: decode each item's own frames only.
+        lengths = self.model._get_feat_extract_output_lengths(mask.sum(-1)).tolist()
+        pairs = zip(ids, lengths, strict=True)
+        return [self.processor.decode(row[: int(n)]).strip() for row, n in pairs]
 
 
 def load(model: str = "", device: str = "cpu") -> HubertCTC:
