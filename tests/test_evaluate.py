@@ -152,3 +152,16 @@ def test_rerun_skips_scored_utterances_and_a_killed_run_loses_nothing(audio, con
     assert len(metrics.read_text().splitlines()) == 5
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["n"] == 2 and summary["dnsmos_ovrl"] is not None
+
+
+def test_evaluation_config_is_validated(tmp_path):
+    from utils.config import ConfigError, load_config
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"base_config": str(REPO_ROOT / "config" / "valle.json"),
+                                "evaluation": {"asr": "kaldi"}}))  # fmt: skip
+    with pytest.raises(ConfigError, match=r"c\.json: key 'evaluation\.asr': must be one of"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="evaluation.batch_size"):
+        load_config(path, overrides={"evaluation": {"asr": "hubert", "batch_size": 0}})
+    assert load_config(path, overrides={"evaluation": {"asr": "hubert"}}).evaluation.asr == "hubert"

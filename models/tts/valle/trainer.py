@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, DistributedDataParallelKwargs
 
+from evaluation.listening import write_listening_samples
 from models.tts.valle.dataset import (
     DataError,
     ResumableBatches,
@@ -851,6 +852,9 @@ def validate(run: Run) -> dict[str, float]:
         if run.writer is not None:
             for key, value in result.items():
                 run.writer.add_scalar(f"valid/{key}", value, run.step)
+            if run.cfg.evaluation.listen_utterances:  # a few samples to tensorboard, to listen
+                model, batch = acc.unwrap_model(run.model), next(iter(run.valid_loader))
+                write_listening_samples(model, batch, run.cfg, run.writer, run.step, acc.device)
     return result
 
 
