@@ -14,8 +14,8 @@ from models.tts.valle.inference import ModelSource, load_codec
 from utils.audio import load_audio, resample
 
 
-def prompt_resynthesiser(source: ModelSource, device: str) -> tuple[Callable, str, bool]:
-    """(path -> resynthesised 16 kHz prompt, description of the codec, is it random-init)."""
+def prompt_resynthesiser(source: ModelSource, device: str) -> tuple[Callable, str]:
+    """(path -> resynthesised 16 kHz prompt, description of the codec)."""
     codec = load_codec(source, device)
     cache: dict[Path, np.ndarray] = {}
 
@@ -29,4 +29,4 @@ def prompt_resynthesiser(source: ModelSource, device: str) -> tuple[Callable, st
         return cache[path]
 
     what = f"codec of {source.describe()} ({codec.source.get('source', '?')})"
-    return resynth, what, codec.is_random_init
+    return resynth, what

@@ -113,6 +113,9 @@ def test_bad_input_is_reported_per_line_and_the_rest_scored(audio, config, tmp_p
     lines.append(json.dumps({"line": 9, "error": "phone 'x' is not in the symbol table"}))
     lines.append("{not json")
     (d / "results.jsonl").write_text("\n".join(lines) + "\n")
+    # a run.json whose model is gone: scored all the same, without SIM-r and tensorboard
+    run_json = {"weights": str(d / "gone" / "model.safetensors"), "random_init_codec": True}
+    (d / "run.json").write_text(json.dumps(run_json))
     assert cli.main(["--config", str(config), "--input_dir", str(d), "--progress", "false"]) == 1
     summary = json.loads((d / "eval" / "summary.json").read_text())
     assert summary["n"] == 1 and summary["n_failed"] == 7
@@ -123,6 +126,8 @@ def test_bad_input_is_reported_per_line_and_the_rest_scored(audio, config, tmp_p
     assert "stage 3 failed" in reasons["test-list line 9"]
     assert "not JSON" in reasons["results.jsonl line 8"]
     logs = capsys.readouterr().err
+    assert "the model that wrote this folder is not usable" in logs
+    assert "RANDOM-INIT codec: its audio is noise, and so are these numbers" in logs
     for name, why in reasons.items():  # each failure is in the log with its name and reason
         assert f"FAILED {name}: {why}" in logs
     assert summary["sim_r"] is None and summary["wer"] is not None

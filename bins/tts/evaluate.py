@@ -19,16 +19,17 @@ from pathlib import Path
 
 import torch
 
+from bins.tts.inference import str2bool
 from evaluation.backends import BackendError, load_backend
 from evaluation.scoring import EvaluationError, Scorer, read_results, score_all
-from evaluation.summary import write_summary, write_tensorboard
+from evaluation.summary import summarise, write_summary, write_tensorboard
 from models.tts.valle.inference import InferenceError, find_model_source
 from utils.checkpoint import CheckpointError, read_meta
 from utils.config import ConfigError, load_config, read_json5
 
 log = logging.getLogger("evaluate")
 OVERRIDES = {"asr": str, "asr_model": str, "sim": str, "sim_model": str, "mos": str}
-OVERRIDES.update(batch_size=int, device=str, sim_r=lambda v: v.lower() in ("true", "1", "yes"))
+OVERRIDES.update(batch_size=int, device=str, sim_r=str2bool)
 NOISE_WARNING = (
     "!!! %s was made with a RANDOM-INIT codec: its audio is noise, and so are these numbers "
     "(pipeline check only). !!!"
@@ -40,33 +41,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--config", required=True, type=Path, help="recipe config (evaluation section)")
     p.add_argument("--input_dir", required=True, type=Path, help="folder with results.jsonl")
     p.add_argument("--output_dir", type=Path, default=None, help="[INPUT_DIR/eval]")
-    p.add_argument("--progress", default="true", help="tqdm progress bar [true]")
+    p.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar [true]")
     for name, kind in OVERRIDES.items():
         p.add_argument(f"--{name}", type=kind, default=None, help=f"[evaluation.{name}]")
     return p.parse_args(argv)
 
 
-def load_scorer(ev, device: str, source) -> tuple[Scorer, bool]:
-    """The configured backends (+ SIM-r when the run's weights are known); random-init codec?"""
+def load_scorer(ev, device: str, source) -> Scorer:
+    """The configured backends (+ SIM-r when the run's weights are known)."""
     asr = load_backend("asr", ev.asr, ev.asr_model, device)
     sim = load_backend("sim", ev.sim, ev.sim_model, device)
     mos = load_backend("mos", ev.mos, "", device) if ev.mos != "none" else None
     if source is None or not ev.sim_r:
-        log.info("SIM-r not computed: %s", "disabled" if source else "no run.json in the folder")
-        return Scorer(asr, sim, mos), False
+        log.info("SIM-r not computed: %s", "disabled" if source else "the model is not known")
+        return Scorer(asr, sim, mos)
     from evaluation.resynthesis import prompt_resynthesiser
 
-    resynth, codec, random_codec = prompt_resynthesiser(source, device)
-    return Scorer(asr, sim, mos, resynth, codec), random_codec
+    resynth, codec = prompt_resynthesiser(source, device)
+    return Scorer(asr, sim, mos, resynth, codec)
 
 
-def run_source(input_dir: Path, cfg):
-    """The model that wrote the folder, from stage 3's run.json (None when there is none)."""
+def run_info(input_dir: Path, cfg) -> tuple[dict, object]:
+    """Stage 3's run.json ({} when absent) and the model it names (None when not found)."""
     path = input_dir / "run.json"
     if not path.is_file():
-        return None
-    weights = Path(read_json5(path)["weights"])
-    return find_model_source(weights.parent, "latest", cfg)
+        log.info("%s: no run.json (not written by stage 3): no SIM-r, no tensorboard", input_dir)
+        return {}, None
+    info = read_json5(path)
+    try:
+        return info, find_model_source(Path(info["weights"]).parent, "latest", cfg)
+    except (KeyError, TypeError, InferenceError, CheckpointError, ConfigError) as e:
+        log.warning("%s: the model that wrote this folder is not usable (%s): no SIM-r, no "
+                    "tensorboard", path, e)  # fmt: skip
+        return info, None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -79,15 +86,12 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s: %s", f["name"], f["error"])
     log.info("%s: %d utterances to score, %d bad lines", args.input_dir, len(items), len(failures))
     device = ev.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    source = run_source(args.input_dir, cfg)
-    scorer, random_codec = load_scorer(ev, device, source)
+    info, source = run_info(args.input_dir, cfg)
+    scorer = load_scorer(ev, device, source)
     for kind, what in scorer.backends.items():
         log.info("%s: %s", kind, what)
-    progress = args.progress.lower() in ("true", "1", "yes")
-    results = score_all(items, scorer, out_dir / "metrics.jsonl", ev.batch_size, progress)
+    results = score_all(items, scorer, out_dir / "metrics.jsonl", ev.batch_size, args.progress)
     records = [results[it.name] for it in items]
-    from evaluation.summary import summarise
-
     summary = summarise(records, failures, scorer.backends)
     table = write_summary(out_dir, summary, args.input_dir.name)
     if source is not None and source.kind != "release":
@@ -98,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         "wrote %s, %s, %s", *(out_dir / n for n in ("metrics.jsonl", "summary.json", "summary.md"))
     )
     print(table, end="")
-    if random_codec:
+    if info.get("random_init_codec"):
         log.warning(NOISE_WARNING, args.input_dir)
     for f in summary["failed"]:
         log.error("FAILED %s: %s", f["name"], f["error"])
