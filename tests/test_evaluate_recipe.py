@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 
+import pytest
 from test_inference import TEXTS, world  # noqa: F401  (stage 3's tiny experiment fixture)
 
 from utils.config import REPO_ROOT
@@ -48,3 +49,25 @@ def test_run_sh_stage_3_then_4(world, tmp_path):  # noqa: F811
     assert "| n/a |" in (out / "batch" / "eval" / "summary.md").read_text()
     events = list((world["exp"] / "tensorboard").glob("events.out.tfevents.*"))
     assert events, "stage 4 wrote no tensorboard scalars into the experiment"
+
+
+def test_run_sh_stage4_options_override_the_config(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    wav = folder / "a.wav"
+    subprocess.run(["espeak-ng", "-w", str(wav), "we will go home now"], check=True)
+    rec = {"name": "a", "text": "we will go home now", "text_prompt": "p",
+           "audio_prompt": str(wav), "output": str(wav)}  # fmt: skip
+    (folder / "results.jsonl").write_text(json.dumps(rec) + "\n")
+    options = ["--eval_asr", "pocketsphinx", "--eval_sim", "resemblyzer", "--eval_mos", "none"]
+    proc = subprocess.run(  # config/valle.json says whisper + wavlm: the options win
+        ["sh", str(RUN_SH), "--config", str(REPO_ROOT / "config" / "valle.json"), "--stage", "4",
+         "--eval_input_dir", "in", "--eval_output_dir", "out", *options],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())  # relative to the cwd
+    assert summary["n"] == 1 and summary["backends"]["mos"] == "none"
+    assert summary["backends"]["asr"].startswith("pocketsphinx")
+    assert summary["backends"]["sim"].startswith("resemblyzer")
+    assert summary["sim_o"] == pytest.approx(1.0, abs=1e-4)  # the output is its own prompt
