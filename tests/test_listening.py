@@ -23,7 +23,7 @@ def test_listening_samples_go_to_tensorboard(tmp_path):
     overrides = {
         "preprocess": {"processed_dir": str(processed), "codec_pretrained": False},
         "model": {"decoder_dim": 16, "nhead": 2, "num_decoder_layers": 1, "text_token_num": 20},
-        "evaluation": {"listen_utterances": 1, "listen_max_seconds": 0.2},
+        "evaluation": {"listen_utterances": 1, "listen_max_seconds": 2.0},
     }
     cfg = load_config(REPO_ROOT / "config" / "valle.json", overrides=overrides)
     torch.manual_seed(0)
@@ -36,6 +36,7 @@ def test_listening_samples_go_to_tensorboard(tmp_path):
     with SummaryWriter(str(tmp_path / "tb")) as writer:
         assert listening.write_listening_samples(model, batch, cfg, writer, 7, "cpu") == 1
         after = torch.rand(3)
+        assert listening.write_listening_samples(model, batch, cfg, writer, 9, "cpu") == 1
         no_listening = dataclasses.replace(cfg.evaluation, listen_utterances=0)
         off = dataclasses.replace(cfg, evaluation=no_listening)
         assert listening.write_listening_samples(model, batch, off, writer, 8, "cpu") == 0
@@ -44,8 +45,9 @@ def test_listening_samples_go_to_tensorboard(tmp_path):
     events = EventAccumulator(str(tmp_path / "tb"))
     events.Reload()
     assert sorted(events.Tags()["audio"]) == ["listen/utt-a", "listen/utt-a/reference"]
-    (clip,) = events.Audio("listen/utt-a")
-    assert clip.step == 7 and clip.sample_rate == 24000
-    (ref,) = events.Audio("listen/utt-a/reference")
-    assert ref.length_frames == 30 * 320  # the utterance's own codes, decoded
-    assert clip.length_frames > 10 * 320  # prompt (first third: 10 frames) + generated frames
+    clips = events.Audio("listen/utt-a")
+    assert [c.step for c in clips] == [7, 9] and clips[0].sample_rate == 24000
+    (ref,) = events.Audio("listen/utt-a/reference")  # written once, it never changes
+    assert ref.step == 7 and ref.length_frames == 30 * 320  # the utterance's own codes, decoded
+    # prompt (first third: 10 frames) + generated frames, at most 1.5 x the 20 remaining ones
+    assert 10 * 320 < clips[0].length_frames <= (10 + 30) * 320
