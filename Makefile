@@ -17,10 +17,11 @@ $(SYSTEM_STAMP):
 	@bash tools/install_system_deps.sh $(APT_PACKAGES)
 	@mkdir -p $(VENV) && touch $@
 
-$(STAMP): requirements.txt setup.py $(SYSTEM_STAMP)
+$(STAMP): requirements.txt requirements-nodeps.txt setup.py $(SYSTEM_STAMP)
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip setuptools wheel
 	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(VENV)/bin/pip install --quiet --no-deps -r requirements-nodeps.txt
 	$(VENV)/bin/pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $@
 

@@ -24,7 +24,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(
-        include=["bins*", "models*", "modules*", "preprocessors*", "text*", "utils*"]
+        include=["bins*", "evaluation*", "models*", "modules*", "preprocessors*", "text*", "utils*"]
     ),
     install_requires=read_requirements(),
     license="MIT",

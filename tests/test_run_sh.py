@@ -71,7 +71,7 @@ def test_missing_required_option_per_stage(args, missing):
 
 
 def test_bad_values_are_rejected():
-    assert "must be 1, 2 or 3" in run("--stage", "7").stderr
+    assert "must be 1, 2, 3 or 4" in run("--stage", "7").stderr
     assert "after --stop_stage" in run("--stage", "3", "--stop_stage", "1").stderr
     assert "--resume must be true or false" in run("--resume", "yes").stderr
     assert (

@@ -72,6 +72,8 @@ def test_run_sh_stage2_ar_then_nar_on_stage1_output(tmp_path, stage1):
                 "train/frames_per_s", "valid/loss", "valid/ar_top10_acc"):  # fmt: skip
         assert tag in tags, tags
     assert len(events.Scalars("train/ar_loss")) == len(steps)
+    audio = events.Tags()["audio"]  # training-time listening (models/tts/valle/listening.py)
+    assert any(t.startswith("listen/") and not t.endswith("/reference") for t in audio), audio
 
     nar = run_sh("--config", str(cfg), "--name", "nar", "--model_train_stage", "2",
                  "--ar_model_ckpt_dir", str(ar_exp))  # fmt: skip

@@ -240,6 +240,33 @@ class InferenceConfig:
 
 
 @dataclass
+class EvaluationConfig:
+    asr: str = "whisper"  # stage 4 WER/CER backend: "whisper", "hubert" or "pocketsphinx" (offline)
+    asr_model: str = ""  # ASR hub id or local folder ("" = the backend default, see README)
+    sim: str = "wavlm"  # speaker similarity backend: "wavlm" or "resemblyzer" (offline)
+    sim_model: str = ""  # speaker model hub id or folder ("" = microsoft/wavlm-base-plus-sv)
+    mos: str = "dnsmos"  # MOS estimate: "dnsmos" (speechmos, offline) or "none"
+    sim_r: bool = True  # also SIM-r (prompt resynthesised by the experiment's codec) when known
+    batch_size: int = 8  # utterances scored together
+    device: str = ""  # torch device of the transformers backends ("" = cuda if available, else cpu)
+    listen_utterances: int = 2  # training: valid utterances synthesised to tensorboard (0 = off)
+    listen_max_seconds: float = 4.0  # training: cap on each listening sample's generated seconds
+
+    def validate(self) -> None:
+        _check(self.asr in ASR_BACKENDS, "asr", f"must be one of {', '.join(ASR_BACKENDS)}")
+        _check(self.sim in SIM_BACKENDS, "sim", f"must be one of {', '.join(SIM_BACKENDS)}")
+        _check(self.mos in MOS_BACKENDS, "mos", f"must be one of {', '.join(MOS_BACKENDS)}")
+        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        _check(self.listen_utterances >= 0, "listen_utterances", "must be >= 0 (0 = off)")
+        _check(self.listen_max_seconds > 0, "listen_max_seconds", "must be positive")
+
+
+ASR_BACKENDS = ("whisper", "hubert", "pocketsphinx")
+SIM_BACKENDS = ("wavlm", "resemblyzer")
+MOS_BACKENDS = ("dnsmos", "none")
+
+
+@dataclass
 class Config:
     model_type: str = "VALLE"  # Amphion key; must be "VALLE"
     task_type: str = "tts"  # Amphion key; must be "tts"
@@ -250,6 +277,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def validate(self) -> None:
         _check(len(self.dataset) > 0, "dataset", "name at least one corpus")
@@ -267,6 +295,7 @@ SECTIONS = {
     "model": ModelConfig,
     "train": TrainConfig,
     "inference": InferenceConfig,
+    "evaluation": EvaluationConfig,
 }
 
 # Amphion keys accepted so that Amphion configs load, that change nothing here: a value other

@@ -19,6 +19,7 @@ reported with its number, the other lines still run, and the exit status is 1.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -31,11 +32,13 @@ from models.tts.valle.inference import (
     Synthesizer,
     Utterance,
     find_model_source,
+    load_codec,
     load_model,
     parse_test_list,
 )
 from utils.checkpoint import CheckpointError
-from utils.config import ConfigError, InferenceConfig, load_config, resolve_path
+from utils.config import ConfigError, InferenceConfig, load_config
+from utils.fileio import atomic_write_text
 
 log = logging.getLogger("inference")
 
@@ -80,6 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--audio_prompt", type=Path, default=None, help="single mode: prompt audio")
     p.add_argument("--device", default=None, help="torch device [cuda if available, else cpu]")
     p.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar [true]")
+    p.add_argument("--run_dir_file", type=Path, default=None, help="write the run dir's path here")
     # Overrides of the config's inference section (None = keep the config's value).
     for name, kind in OVERRIDES.items():
         p.add_argument(f"--{name}", type=kind, default=None, help=f"[inference.{name}]")
@@ -106,14 +110,16 @@ def single_utterance(args: argparse.Namespace, continual: bool) -> Utterance:
     return Utterance(name, text, args.text_prompt.strip(), args.audio_prompt)
 
 
-def load_codec(source: ModelSource, device: torch.device):
-    """The codec the model's codes were made with (see models/codec/encodec.py)."""
-    from models.codec.encodec import CodecTokenizer
-
-    pre = source.cfg.preprocess
-    if source.kind == "release":  # trained on the official 24 kHz EnCodec (or a local copy)
-        return CodecTokenizer.from_config(pre, device)
-    return CodecTokenizer.from_processed_dir(resolve_path(pre.processed_dir), device)
+def write_run_info(
+    run_dir: Path, args: argparse.Namespace, source: ModelSource, random_codec: bool
+) -> None:
+    """run.json: which weights made this folder (stage 4 finds the codec for SIM-r there), and
+    the folder's path in --run_dir_file (how run.sh chains stage 3 into stage 4)."""
+    info = {"kind": source.kind, "root": str(source.root), "weights": str(source.weights)}
+    info.update(config=str(args.config), random_init_codec=random_codec)
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
+    if args.run_dir_file is not None:
+        atomic_write_text(args.run_dir_file, f"{run_dir.resolve()}\n")
 
 
 def requests(args: argparse.Namespace, continual: bool) -> tuple[list[Utterance], list[Failure]]:
@@ -151,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
     output_dir = args.output_dir or args.expt_dir / "result"
     run_dir = claim_run_dir(output_dir, args.mode, args.overwrite)
     log.info("writing to %s", run_dir)
+    write_run_info(run_dir, args, source, codec.is_random_init)
     synth = Synthesizer(model, source, codec, inf, device)
     summary = synthesize(synth, utts, run_dir, failures, batch_size=inf.batch_size,
                          seed=inf.seed, progress=args.progress)  # fmt: skip

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make demo`: the whole VALL-E recipe on the espeak-ng mini corpus with a tiny model, on CPU:
-# corpus -> stage 1 (data) -> stage 2 (AR, then NAR) -> stage 3 (single + batch inference).
+# corpus -> stage 1 (data) -> stage 2 (AR, then NAR) -> stage 3 (single + batch inference)
+# -> stage 4 (evaluation of the batch outputs; ends with its summary table).
 # The codec is random-init (no weights can be downloaded here), so the audio it writes is
 # meaningless noise: the demo proves the pipeline runs, not that the voice is good.
 set -euo pipefail
@@ -40,9 +41,13 @@ IFS='|' read -r text prompt_text prompt < <(grep -v '^#' corpus/mini/test_list.t
 step "stage 3: single inference" $run --stage 3 --infer_expt_dir exp/demo/demo_nar \
   --infer_mode single --infer_text "$text" --infer_text_prompt "$prompt_text" \
   --infer_audio_prompt "corpus/mini/$prompt" --overwrite true
-step "stage 3: batch inference" $run --stage 3 --infer_expt_dir exp/demo/demo_nar \
-  --infer_mode batch --infer_test_list_file corpus/mini/test_list.txt --overwrite true
+step "stage 3 + 4: batch inference, then its evaluation" $run --stage 3 --stop_stage 4 \
+  --infer_expt_dir exp/demo/demo_nar --infer_mode batch \
+  --infer_test_list_file corpus/mini/test_list.txt --overwrite true
 
 log "outputs: $(find exp/demo/demo_nar/result -name '*.wav' | wc -l) wav files under exp/demo/demo_nar/result"
 log "WARNING: the demo codec is RANDOM-INIT: the audio is meaningless (pipeline check only)."
+log "stage 4 summary (exp/demo/demo_nar/result/batch/eval/summary.md): the numbers of NOISE," \
+  "as the codec is random-init (pocketsphinx / resemblyzer / DNSMOS: offline backends)"
+cat exp/demo/demo_nar/result/batch/eval/summary.md
 log "Successfully finished [elapsed=$(( $(date +%s) - start ))s]"

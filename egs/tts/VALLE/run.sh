@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # VALL-E recipe: 1 = data (lhotse manifests, phonemes, EnCodec tokens), 2 = training (AR / NAR),
-# 3 = zero-shot inference. Run from any directory, with sh or bash:
+# 3 = zero-shot inference, 4 = evaluation. Run from any directory, with sh or bash:
 #   sh egs/tts/VALLE/run.sh --stage 1
 #   sh egs/tts/VALLE/run.sh --stage 2 --name EXP --model_train_stage 1
 #   sh egs/tts/VALLE/run.sh --stage 3 --infer_expt_dir exp/valle/EXP --infer_mode batch \
 #        --infer_test_list_file list.txt
+#   sh egs/tts/VALLE/run.sh --stage 4 --eval_input_dir exp/valle/EXP/result/batch
 # All logic lives in bins/tts/*.py; this script declares its options, parses them
 # (utils/parse_options.sh) and dispatches (utils/launch.sh: one process, or one per GPU).
 
@@ -18,10 +19,11 @@ work_dir=$(cd "$exp_dir/../../.." && pwd)
 
 # ---- options: each declared once (name, default, help); --help lists them ------------------
 help_message="Usage: sh egs/tts/VALLE/run.sh [options]
-Runs the VALL-E recipe stages --stage .. --stop_stage (1 data, 2 training, 3 inference)."
+Runs the VALL-E recipe stages --stage .. --stop_stage
+(1 data, 2 training, 3 inference, 4 evaluation)."
 opt -c config "$exp_dir/exp_config.json" "json5 recipe config"
 opt -n name "" "stage 2: experiment name, written to <log_dir>/NAME"
-opt -s stage 1 "first recipe stage: 1 data, 2 training, 3 inference"
+opt -s stage 1 "first recipe stage: 1 data, 2 training, 3 inference, 4 evaluation"
 opt stop_stage "" "last recipe stage to run [same as --stage]"
 opt gpu "" "visible GPU ids, e.g. 0,1 [all; the CPU when there is none]"
 opt num_workers "" "stage 1: worker processes per device [preprocess.num_workers]"
@@ -48,12 +50,19 @@ opt infer_continual "" "stage 3: true = continue the prompt utterance [inference
 opt infer_max_seconds "" "stage 3: cap on generated seconds [inference.max_seconds]"
 opt infer_trim_long_prompts "" "stage 3: true = cut over-long prompts [inference.trim_long_prompts]"
 opt overwrite false "stage 3: write into an existing output folder (true/false)"
+opt eval_input_dir "" "stage 4: stage-3 folder with results.jsonl [with 3: the one written]"
+opt eval_output_dir "" "stage 4: metrics and summary [<eval_input_dir>/eval]"
+opt eval_asr "" "stage 4: whisper, hubert or pocketsphinx [evaluation.asr]"
+opt eval_asr_model "" "stage 4: ASR model hub id or local folder [evaluation.asr_model]"
+opt eval_sim "" "stage 4: wavlm or resemblyzer [evaluation.sim]"
+opt eval_sim_model "" "stage 4: speaker model hub id or local folder [evaluation.sim_model]"
+opt eval_mos "" "stage 4: dnsmos or none [evaluation.mos]"
 parse_options "$@"
 
 # ---- checks: bad values and missing per-stage options fail before any stage runs ------------
 [ -n "$stop_stage" ] || stop_stage=$stage
-one_of stage 1 2 3
-one_of stop_stage 1 2 3
+one_of stage 1 2 3 4
+one_of stop_stage 1 2 3 4
 [ "$stage" -le "$stop_stage" ] || die "--stage ($stage) is after --stop_stage ($stop_stage)"
 [ -f "$config" ] || die "config file not found: $config (--config)"
 config=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")
@@ -69,6 +78,7 @@ if stage_selected 3; then
     batch) needs 3 infer_test_list_file ;;
   esac
 fi
+[ "$stage" -le 3 ] || needs 4 eval_input_dir  # with stage 3: the folder it writes
 
 # ---- environment -----------------------------------------------------------------------------
 [ -f "$work_dir/.venv/bin/activate" ] || die "$work_dir/.venv is missing: run 'make install' once"
@@ -77,8 +87,14 @@ fi
 . "$work_dir/utils/launch.sh"
 # Paths given relative to the caller's directory stay so after the cd below.
 for path_opt in ar_model_ckpt_dir resume_from_ckpt_path infer_expt_dir infer_output_dir \
-    infer_test_list_file infer_audio_prompt; do
+    infer_test_list_file infer_audio_prompt eval_input_dir eval_output_dir; do
   case "${!path_opt}" in ""|/*) ;; *) printf -v "$path_opt" '%s' "$PWD/${!path_opt}" ;; esac
+done
+for path_opt in eval_asr_model eval_sim_model; do  # an existing local folder, else a hub id
+  case "${!path_opt}" in
+    ""|/*) ;;
+    *) [ ! -e "${!path_opt}" ] || printf -v "$path_opt" '%s' "$PWD/${!path_opt}" ;;
+  esac
 done
 cd "$work_dir"
 use_gpus "$gpu"  # the only place --gpu is read: the stages use the visible devices
@@ -115,8 +131,23 @@ if stage_selected 3; then
     --temperature "$infer_temperature" --seed "$infer_seed" --batch_size "$infer_batch_size" \
     --continual "$infer_continual" --max_seconds "$infer_max_seconds" \
     --trim_long_prompts "$infer_trim_long_prompts")
+  run_dir_file=$(mktemp)
+  trap 'rm -f "$run_dir_file"' EXIT
   python bins/tts/inference.py --config "$config" --expt_dir "$infer_expt_dir" \
-    --mode "$infer_mode" --overwrite "$overwrite" ${extra[@]+"${extra[@]}"}
+    --mode "$infer_mode" --overwrite "$overwrite" --run_dir_file "$run_dir_file" \
+    ${extra[@]+"${extra[@]}"}
+  infer_run_dir=$(cat "$run_dir_file"); rm -f "$run_dir_file"
+  log "Stage 3 wrote $infer_run_dir"
+  [ -n "$eval_input_dir" ] || eval_input_dir=$infer_run_dir
+fi
+
+if stage_selected 4; then
+  log "Stage 4: evaluation of $eval_input_dir"
+  mapfile -d '' extra < <(opt_args --output_dir "$eval_output_dir" --asr "$eval_asr" \
+    --asr_model "$eval_asr_model" --sim "$eval_sim" --sim_model "$eval_sim_model" \
+    --mos "$eval_mos")
+  python bins/tts/evaluate.py --config "$config" --input_dir "$eval_input_dir" \
+    ${extra[@]+"${extra[@]}"}
 fi
 
 log "Successfully finished [elapsed=$(( $(date +%s) - start_time ))s]"

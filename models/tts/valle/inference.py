@@ -37,7 +37,14 @@ from text.g2p import phonemize
 from text.symbol_table import TextTokenizer
 from utils.audio import AudioError, load_audio
 from utils.checkpoint import CheckpointError, CheckpointSource, load_tensor_file, resolve_checkpoint
-from utils.config import Config, InferenceConfig, ModelConfig, config_from_dict, read_json5
+from utils.config import (
+    Config,
+    InferenceConfig,
+    ModelConfig,
+    config_from_dict,
+    read_json5,
+    resolve_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +141,16 @@ def find_model_source(path: str | os.PathLike, which: str, recipe_cfg: Config) -
             f"{found.root}: no symbols.dict (the phone table the model was trained with)"
         )
     return ModelSource(found.kind, found.root, found.weights, symbols, cfg)
+
+
+def load_codec(source: ModelSource, device: torch.device | str = "cpu"):
+    """The codec the model's codes were made with (see models/codec/encodec.py)."""
+    from models.codec.encodec import CodecTokenizer
+
+    pre = source.cfg.preprocess
+    if source.kind == "release":  # trained on the official 24 kHz EnCodec (or a local copy)
+        return CodecTokenizer.from_config(pre, device)
+    return CodecTokenizer.from_processed_dir(resolve_path(pre.processed_dir), device)
 
 
 def load_model(source: ModelSource, device: torch.device | str = "cpu"):

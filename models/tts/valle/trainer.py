@@ -63,6 +63,7 @@ from models.tts.valle.dataset import (
     make_dataloader,
     num_frames,
 )
+from models.tts.valle.listening import write_listening_samples
 from models.tts.valle.valle import VALLE
 from text.symbol_table import TextTokenizer
 from utils.checkpoint import (
@@ -893,6 +894,9 @@ def validate(run: Run) -> dict[str, float]:
         if run.writer is not None:
             for key, value in result.items():
                 run.writer.add_scalar(f"valid/{key}", value, run.step)
+            if run.cfg.evaluation.listen_utterances:  # a few samples to tensorboard, to listen
+                model, batch = acc.unwrap_model(run.model), next(iter(run.valid_loader))
+                write_listening_samples(model, batch, run.cfg, run.writer, run.step, acc.device)
     return result
 
 

@@ -1,0 +1,73 @@
+"""Metric backends behind one small interface.
+
+Each backend module has `load(model: str, device: str) -> backend`, where `model` is a hub id or
+a local folder ("" = the backend's default) and the backend object has
+
+* `name`: short name ("whisper", "pocketsphinx", ...) and `version`: what produced the numbers
+  (package version + model id), written beside every number;
+* one batch method over a list of 16 kHz mono float32 numpy arrays:
+  ASR `transcribe(wavs) -> list[str]`, speaker `embed(wavs) -> np.ndarray (B, D)` (L2-normalised),
+  MOS `score(wavs) -> list[dict[str, float]]`.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from importlib.metadata import version as package_version
+from pathlib import Path
+
+SAMPLE_RATE = 16000  # every backend scores 16 kHz audio
+
+MODULES = {
+    ("asr", "whisper"): "evaluation.backends.asr_whisper",
+    ("asr", "hubert"): "evaluation.backends.asr_hubert",
+    ("asr", "pocketsphinx"): "evaluation.backends.asr_pocketsphinx",
+    ("sim", "wavlm"): "evaluation.backends.sim_wavlm",
+    ("sim", "resemblyzer"): "evaluation.backends.sim_resemblyzer",
+    ("mos", "dnsmos"): "evaluation.backends.mos_dnsmos",
+}
+OFFLINE = {"asr": "pocketsphinx", "sim": "resemblyzer", "mos": "dnsmos"}
+OPTION = {"asr": "--eval_asr", "sim": "--eval_sim", "mos": "--eval_mos"}
+
+
+class BackendError(RuntimeError):
+    """A backend cannot be loaded; the message names the model, where it was looked for and
+    the offline backend to use instead."""
+
+
+@functools.cache
+def load_backend(kind: str, name: str, model: str = "", device: str = "cpu"):
+    """The `name` backend of metric `kind` ("asr", "sim", "mos"), loaded once per process."""
+    module = importlib.import_module(MODULES[(kind, name)])
+    return module.load(model, device)
+
+
+def pkg(name: str) -> str:
+    return f"{name} {package_version(name)}"
+
+
+def load_pretrained(kind: str, backend: str, model: str, loaders: list) -> list:
+    """`from_pretrained(model)` of each loader; a failure becomes a BackendError that says where
+    the model was looked for and which offline backend works without it."""
+    local = Path(os.path.expanduser(model))
+    try:
+        return [
+            loader.from_pretrained(str(local) if local.exists() else model) for loader in loaders
+        ]
+    except Exception as e:  # OSError offline / missing files, ValueError bad config, ...
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        where = (
+            f"the local folder {local}"
+            if local.exists()
+            else f"the Hugging Face hub and the local cache {HF_HUB_CACHE} "
+            f"(no local folder {local.resolve()} either)"
+        )
+        raise BackendError(
+            f"cannot load the {backend} model '{model}' ({type(e).__name__}: {e}); looked in "
+            f"{where}. Offline: download it where there is internet (huggingface-cli download "
+            f"{model} --local-dir DIR), copy DIR here and pass its path as the model, or use the "
+            f"offline backend: {OPTION[kind]} {OFFLINE[kind]}"
+        ) from None
