@@ -36,10 +36,11 @@ def rss_mib() -> float:
 
 def measure(variant: str, train_stage: int, args: argparse.Namespace, out: mp.Queue) -> None:
     from models.tts.valle.valle import VALLE
+    from utils.config import ModelConfig
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = VALLE(**RELEASED, dropout=0.1, prefix_mode=1).to(device).train()
+    model = VALLE(ModelConfig(**RELEASED, dropout=0.1, prefix_mode=1)).to(device).train()
     model.set_gradient_checkpointing(variant == "fp32+ckpt")
     params = [p for _, p in model.stage_named_parameters(train_stage) if p.requires_grad]
     for p in model.parameters():

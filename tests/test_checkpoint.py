@@ -32,11 +32,12 @@ from utils.checkpoint import (
     unique_state_dict,
     write_best,
 )
+from utils.config import ModelConfig
 
 
 def tiny_model() -> VALLE:
     torch.manual_seed(0)
-    return VALLE(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8)
+    return VALLE(ModelConfig(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8))
 
 
 def save(exp, step, loss=1.0, valid=None, state=None):
@@ -52,7 +53,7 @@ def test_tied_weights_saved_once_and_reload_tied(tmp_path):
     assert len(weights) == len(model.state_dict()) - 6
     path = save_checkpoint(tmp_path, "epoch-0000_step-0000001_loss-1.000000", weights, {}, None)
     loaded = load_file(str(path / "model.safetensors"))  # would fail on shared tensors
-    other = VALLE(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8)
+    other = VALLE(ModelConfig(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8))
     other.load_amphion_state_dict(loaded)
     for name, tensor in model.state_dict().items():
         assert torch.equal(other.state_dict()[name], tensor), name

@@ -206,7 +206,7 @@ def find_model_source(path: str | os.PathLike, which: str, recipe_cfg: Config) -
 def load_model(source: ModelSource, device: torch.device | str = "cpu"):
     """Build the VALL-E described by `source` and load its weights (never running pickled code)."""
     state = load_tensor_file(source.weights)  # CheckpointError for unsafe / broken files
-    model = VALLE.from_config(source.cfg.model)
+    model = VALLE(source.cfg.model)
     try:
         model.load_amphion_state_dict(state)
     except (KeyError, RuntimeError, ValueError) as e:
