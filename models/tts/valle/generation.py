@@ -91,7 +91,9 @@ class DecodeState:
         return generator
 
 
-def embed_text_rows(model: VALLE, rows: list[torch.Tensor], nar: bool):
+def embed_text_rows(
+    model: VALLE, rows: list[torch.Tensor], nar: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed each text on its own (a conv prenet must not see another row's padding), then
     pad: -> (B, S_max, D) and padding mask (B, S_max)."""
     embedded = [model.embed_text(t[None], nar)[0] for t in rows]
@@ -140,7 +142,9 @@ def step(model: VALLE, s: DecodeState, rows: torch.Tensor) -> torch.Tensor:
     return model.ar_predict_layer(h[:, -1])
 
 
-def decide(model: VALLE, logits: torch.Tensor, sampling: Sampling, generator: Generators):
+def decide(
+    model: VALLE, logits: torch.Tensor, sampling: Sampling, generator: Generators
+) -> tuple[torch.Tensor, torch.Tensor]:
     """logits (B, V + 1) -> (sampled ids, stop) with Amphion's rule: stop if the argmax or
     the sample is EOS."""
     tokens = sample(logits, sampling.top_k, sampling.top_p, sampling.temperature, generator)
@@ -148,7 +152,9 @@ def decide(model: VALLE, logits: torch.Tensor, sampling: Sampling, generator: Ge
     return tokens, stop
 
 
-def decide_rows(model: VALLE, s: DecodeState, logits: torch.Tensor, sampling: Sampling):
+def decide_rows(
+    model: VALLE, s: DecodeState, logits: torch.Tensor, sampling: Sampling
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``decide`` for every row; a stop before min_new_frames is overruled: Amphion raised
     SyntaxError there, we forbid EOS for this frame and warn. Only those rows decide again (and
     draw again, each from its own generator)."""
@@ -203,9 +209,11 @@ def ar_generate(model: VALLE, s: DecodeState, sampling: Sampling, use_kv_cache: 
 
 
 def nar_generate(
-    model: VALLE, text_rows: list[torch.Tensor], prompt_rows: list[torch.Tensor],
+    model: VALLE,
+    text_rows: list[torch.Tensor],
+    prompt_rows: list[torch.Tensor],
     stream0: list[torch.Tensor],
-) -> list[torch.Tensor]:  # fmt: skip
+) -> list[torch.Tensor]:
     """Batched NAR stages 1..Q-1 (greedy). Per item: audio = prompt frames (P_b) then
     generated frames (G_b), positions from 0; returns (G_b, Q) codes per item."""
     B, Q = len(text_rows), model.num_quantizers
@@ -244,7 +252,9 @@ def nar_generate(
     return [grid[b, int(P[b]) : int(P[b] + G[b])] for b in range(B)]
 
 
-def continual_split(prompt_rows: list[torch.Tensor]) -> tuple[list, list]:
+def continual_split(
+    prompt_rows: list[torch.Tensor],
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Amphion's ``continual``: the first min(P/2, 225) frames of each prompt are the acoustic
     prompt, stream 0 of the rest is kept. -> (prompts, stream 0 to keep)."""
     splits = [min(int(len(p) * 0.5), MAX_PROMPT_FRAMES) for p in prompt_rows]
@@ -255,7 +265,9 @@ def continual_split(prompt_rows: list[torch.Tensor]) -> tuple[list, list]:
     return [p[:s] for s, p in zip(splits, prompt_rows, strict=True)], stream0
 
 
-def nar_text_rows(model: VALLE, text_rows: list[torch.Tensor], enroll_text_lens) -> list:
+def nar_text_rows(
+    model: VALLE, text_rows: list[torch.Tensor], enroll_text_lens: torch.Tensor | None
+) -> list[torch.Tensor]:
     """prefix_mode 2 / 4: the NAR sees BOS + target text + EOS, without the prompt phones
     (Amphion's inference); the other modes see the whole text."""
     if model.prefix_mode not in (2, 4):
@@ -271,7 +283,14 @@ def nar_text_rows(model: VALLE, text_rows: list[torch.Tensor], enroll_text_lens)
     ]
 
 
-def check_inputs(model: VALLE, text, text_lens, prompt_codes, prompt_lens, item_names) -> None:
+def check_inputs(
+    model: VALLE,
+    text: torch.Tensor,
+    text_lens: torch.Tensor,
+    prompt_codes: torch.Tensor,
+    prompt_lens: torch.Tensor,
+    item_names: list[str],
+) -> None:
     B, Q = text.shape[0], model.num_quantizers
     assert text.ndim == 2 and text_lens.shape == (B,), f"text {text.shape}, lens {text_lens.shape}"
     assert prompt_codes.ndim == 3 and prompt_codes.shape[0] == B and prompt_codes.shape[2] == Q, (

@@ -27,6 +27,9 @@ from modules.masks import make_pad_mask
 if TYPE_CHECKING:
     from models.tts.valle.valle import VALLE
 
+Draws = torch.Generator | None  # None: Amphion's RNGs (module docstring)
+Codes = torch.Tensor | None
+
 MAX_PROMPT_FRAMES = 225  # 3 s of 75 Hz EnCodec frames: Amphion's cap on NAR prompt length
 
 
@@ -41,7 +44,15 @@ class TrainBatch:
     frames: torch.Tensor  # float sum(y_lens), Amphion's normaliser
 
     @classmethod
-    def from_padded(cls, x, x_lens, y, y_lens, eos_id: int) -> TrainBatch:
+    def from_padded(
+        cls,
+        x: torch.Tensor,
+        x_lens: torch.Tensor,
+        y: torch.Tensor,
+        y_lens: torch.Tensor,
+        eos_id: int,
+    ) -> TrainBatch:
+        """x (B, S), y (B, T, Q) right-padded, lengths (B,)."""
         x_mask = make_pad_mask(x_lens, x.shape[1])
         y_mask = make_pad_mask(y_lens, y.shape[1])
         codes = y.long().masked_fill(y_mask[..., None], 0)  # garbage in padded frames must not leak
@@ -90,7 +101,7 @@ def ar_loss(model: VALLE, b: TrainBatch) -> tuple[torch.Tensor, torch.Tensor]:
 # ------------------------------------------------------------------ random draws
 
 
-def draw_nar_stage(num_quantizers: int, rng: random.Random, generator: torch.Generator | None):
+def draw_nar_stage(num_quantizers: int, rng: random.Random, generator: Draws) -> int:
     """The NAR stage (1..Q-1) of a training step, uniform."""
     if generator is not None:
         return int(torch.randint(1, num_quantizers, (1,), generator=generator))
@@ -98,7 +109,7 @@ def draw_nar_stage(num_quantizers: int, rng: random.Random, generator: torch.Gen
     return rng.choices(range(1, num_quantizers), weights=[1.0 / n] * n, k=1)[0]
 
 
-def draw_prefix_len(y_lens: torch.Tensor, generator: torch.Generator | None) -> int:
+def draw_prefix_len(y_lens: torch.Tensor, generator: Draws) -> int:
     """prefix_mode 1 prompt length: uniform in [m, 2m) with m = min(y_lens) / 4, capped."""
     int_low = int((0.25 * y_lens.min()).long())
     if int_low == 0:
@@ -108,7 +119,7 @@ def draw_prefix_len(y_lens: torch.Tensor, generator: torch.Generator | None) -> 
 
 
 def draw_span_starts(
-    y_lens: torch.Tensor, prefix_len: int, rng: random.Random, generator: torch.Generator | None
+    y_lens: torch.Tensor, prefix_len: int, rng: random.Random, generator: Draws
 ) -> list[int]:
     """prefix_mode 2: start of each row's prompt span, uniform in [0, y_lens[b] - prefix_len]
     (both ends included), drawn row by row from ``generator``, else ``rng`` (Amphion)."""
@@ -152,9 +163,15 @@ def embed_all_streams(model: VALLE, prompt: torch.Tensor) -> torch.Tensor:
     return emb
 
 
-def nar_input_start(model, b, targets, nar_stage, generator, prompt) -> NarInput:
+def nar_targets(model: VALLE, b: TrainBatch, nar_stage: int) -> torch.Tensor:
+    """(B, T) stream nar_stage; padded frames = audio_token_num (not scored)."""
+    return b.codes[..., nar_stage] + model.audio_token_num * b.y_mask.long()
+
+
+def nar_input_start(model: VALLE, b: TrainBatch, nar_stage: int, generator: Draws) -> NarInput:
     """prefix_mode 0 (no prompt) and 1 (prompt = the first frames of the same utterance, all
     streams given, not predicted)."""
+    targets = nar_targets(model, b, nar_stage)
     if model.prefix_mode == 0:
         return NarInput(embed_below_stage(model, b, nar_stage, 0), b.y_mask, targets)
     P = draw_prefix_len(b.y_lens, generator)
@@ -165,20 +182,20 @@ def nar_input_start(model, b, targets, nar_stage, generator, prompt) -> NarInput
     return NarInput(audio, b.y_mask, targets[:, P:], skip=P, unscored=P)
 
 
-def nar_input_span(model, b, targets, nar_stage, generator, prompt) -> NarInput:
+def nar_input_span(model: VALLE, b: TrainBatch, nar_stage: int, generator: Draws) -> NarInput:
     """prefix_mode 2: prompt = a random span of the same utterance, copied in front; its frames
     are not predicted. Amphion: NameError (NUM_AUDIO_TOKENS) here, and the decoder got the
     padding mask without the prompt part; fixed as lifeiteng/vall-e has it."""
     P = min(MAX_PROMPT_FRAMES, int(0.25 * b.y_lens.min().item()))
     starts = model._draw_span_starts(b.y_lens, P, generator)
-    spans, targets = [], targets.clone()
+    spans, targets = [], nar_targets(model, b, nar_stage)
     for row, start in enumerate(starts):
         spans.append(b.codes[row, start : start + P])
         targets[row, start : start + P] = model.audio_token_num
     return prompted_input(model, b, torch.stack(spans, dim=0), targets, nar_stage, unscored=P)
 
 
-def nar_input_other(model, b, targets, nar_stage, generator, prompt) -> NarInput:
+def nar_input_other(model: VALLE, b: TrainBatch, nar_stage: int, prompt: Codes) -> NarInput:
     """prefix_mode 4: prompt = a chunk of another utterance of the same speaker, from the data
     pipeline; every frame is predicted and Amphion scales the loss by 1."""
     if prompt is None:
@@ -191,10 +208,14 @@ def nar_input_other(model, b, targets, nar_stage, generator, prompt) -> NarInput
     assert prompt.ndim == 3 and prompt.shape[0] == B and prompt.shape[2] == Q, (
         f"nar_prompt_codes must be (B={B}, P, Q={Q}), got {tuple(prompt.shape)}"
     )
+    targets = nar_targets(model, b, nar_stage)
     return prompted_input(model, b, prompt.long(), targets, nar_stage, unscored=0)
 
 
-def prompted_input(model, b, prompt, targets, nar_stage, unscored: int) -> NarInput:
+def prompted_input(
+    model: VALLE, b: TrainBatch, prompt: torch.Tensor, targets: torch.Tensor, nar_stage: int,
+    unscored: int,
+) -> NarInput:  # fmt: skip
     """Modes 2 and 4: prompt (B, P, Q) with all streams in front of the whole utterance."""
     audio = torch.cat(
         [embed_all_streams(model, prompt), embed_below_stage(model, b, nar_stage, 0)], 1
@@ -203,21 +224,22 @@ def prompted_input(model, b, prompt, targets, nar_stage, unscored: int) -> NarIn
     return NarInput(audio, padding, targets, skip=prompt.shape[1], unscored=unscored)
 
 
-NAR_INPUTS = {0: nar_input_start, 1: nar_input_start, 2: nar_input_span, 4: nar_input_other}
-
-
 def nar_loss(
     model: VALLE,
     b: TrainBatch,
     nar_stage: int,
-    generator: torch.Generator | None,
-    prompt: torch.Tensor | None,
+    generator: Draws,
+    prompt: Codes,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed loss of NAR stage ``nar_stage``, top-10 accuracy x frames): predict stream
     ``nar_stage`` from the streams below it (and the mode's prompt)."""
     V = model.audio_token_num
-    targets = b.codes[..., nar_stage] + V * b.y_mask.long()  # V = not scored
-    inp = NAR_INPUTS[model.prefix_mode](model, b, targets, nar_stage, generator, prompt)
+    if model.prefix_mode == 4:
+        inp = nar_input_other(model, b, nar_stage, prompt)
+    elif model.prefix_mode == 2:
+        inp = nar_input_span(model, b, nar_stage, generator)
+    else:
+        inp = nar_input_start(model, b, nar_stage, generator)
     text = model.embed_text(b.x, nar=True)
     key_ok = ~torch.cat([b.x_mask, inp.padding], dim=1)[:, None, None, :]  # (B, 1, 1, S + A)
     logits = model.nar_logits(text, inp.audio, key_ok, nar_stage, inp.skip)  # (B, T', V)

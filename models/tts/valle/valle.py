@@ -172,7 +172,9 @@ class VALLE(nn.Module):
             return self.nar_text_position(self.nar_text_prenet(self.nar_text_embedding(x)))
         return self.ar_text_position(self.ar_text_prenet(self.ar_text_embedding(x)))
 
-    def embed_ar_audio(self, ids: torch.Tensor, positions: torch.Tensor | None = None):
+    def embed_ar_audio(
+        self, ids: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Stream-0 ids (B, A) -> (B, A, D); positions (B, A) per row, default 0..A-1."""
         return self.ar_audio_position(self.ar_audio_prenet(self.ar_audio_embedding(ids)), positions)
 
