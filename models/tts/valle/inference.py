@@ -453,7 +453,7 @@ def utterance_seed(seed: int, name: str) -> int:
 class Prepared:
     utt: Utterance
     text_ids: list[int]  # prompt text + target text, with <bos>/<eos>
-    enroll_len: int  # ids of the prompt text part
+    enroll_text_len: int  # ids of the prompt text part
     prompt_codes: torch.Tensor  # (P, Q) int64
 
 
@@ -514,7 +514,9 @@ def batches(items: list[Prepared], batch_size: int) -> Iterator[list[Prepared]]:
     Expected work grows with the target text (generated frames) and the prompt (context).
     """
     order = sorted(
-        items, key=lambda p: (len(p.text_ids) - p.enroll_len, p.prompt_codes.shape[0]), reverse=True
+        items,
+        key=lambda p: (len(p.text_ids) - p.enroll_text_len, p.prompt_codes.shape[0]),
+        reverse=True,
     )
     for i in range(0, len(order), batch_size):
         yield order[i : i + batch_size]
@@ -555,10 +557,10 @@ class Synthesizer:
         q = self.source.cfg.model.num_quantizers
         chunk = self.inf.batch_size if self.device.type == "cuda" else 1
         for i in range(0, len(utts), chunk):
-            loaded = []  # (utt, ids, enroll_len, wav)
+            loaded = []  # (utt, ids, enroll_text_len, wav)
             for utt in utts[i : i + chunk]:
                 try:
-                    ids, enroll_len = self.frontend.encode(utt.text_prompt, utt.text)
+                    ids, enroll_text_len = self.frontend.encode(utt.text_prompt, utt.text)
                     wav = load_prompt(
                         utt.audio_prompt,
                         self.sample_rate,
@@ -568,9 +570,9 @@ class Synthesizer:
                 except InferenceError as e:
                     failures.append(Failure(utt.line, str(e)))
                     continue
-                loaded.append((utt, ids, enroll_len, wav))
+                loaded.append((utt, ids, enroll_text_len, wav))
             all_codes = self.codec.encode([wav.to(self.device) for *_, wav in loaded])
-            for (utt, ids, enroll_len, _), codes in zip(loaded, all_codes, strict=True):
+            for (utt, ids, enroll_text_len, _), codes in zip(loaded, all_codes, strict=True):
                 if self.inf.continual and codes.shape[0] < 2:
                     failures.append(
                         Failure(
@@ -580,7 +582,7 @@ class Synthesizer:
                         )
                     )
                     continue
-                prepared.append(Prepared(utt, ids, enroll_len, codes[:, :q].long().cpu()))
+                prepared.append(Prepared(utt, ids, enroll_text_len, codes[:, :q].long().cpu()))
         return prepared, failures
 
     def seed_of(self, utt: Utterance) -> int:
@@ -607,7 +609,7 @@ class Synthesizer:
             text_lens,
             prompts,
             prompt_lens,
-            torch.tensor([p.enroll_len for p in batch], device=dev),
+            torch.tensor([p.enroll_text_len for p in batch], device=dev),
             top_k=self.inf.top_k,
             top_p=self.inf.top_p,
             temperature=self.inf.temperature,
