@@ -440,3 +440,18 @@ def test_bfloat16_forward_and_generate_run():
     texts, prompts = make_items(2, seed=12, text_vocab=20)
     result = generate_batch(model, texts, prompts, max_new_frames=4)
     assert [c.shape for c in result.codes] == [(4, 8), (4, 8)]
+
+
+def test_an_item_capped_at_zero_frames_leaves_before_the_prefill():
+    """max_new_frames 0 for one item: it stops ("cap", no frames) and the others decode as
+    alone (the cached prefill used to encode every item, active or not, and crashed)."""
+    model = tiny(prefix_mode=1)
+    texts, prompts = make_items(3, seed=14, text_vocab=20)
+    caps = torch.tensor([0, 4, 6])
+    result = generate_batch(model, texts, prompts, max_new_frames=caps)
+    assert [len(c) for c in result.codes] == [0, 4, 6]
+    assert result.stop_reasons[0] == "cap" and result.codes[0].shape == (0, 8)
+    for b in (1, 2):
+        alone = generate_batch(model, texts[b : b + 1], prompts[b : b + 1],
+                               max_new_frames=int(caps[b]))  # fmt: skip
+        assert torch.equal(alone.codes[0], result.codes[b]), f"item {b}"

@@ -62,10 +62,11 @@ class DecodeState:
     prompts: list[torch.Tensor]  # per item (P_b,) stream-0 prompt (BOS first with prepend_bos)
     caps: list[int]  # per item: most frames to generate
     names: list[str]  # per item, for warnings
-    active: list[int] = field(default_factory=list)  # item of each batch row still decoding
-    generated: list[list[int]] = field(default_factory=list)
-    reasons: list[str] = field(default_factory=list)
-    warned: set[int] = field(default_factory=set)
+    prompt_lens: torch.Tensor = field(init=False)  # (B,)
+    active: list[int] = field(init=False)  # item of each batch row still decoding
+    generated: list[list[int]] = field(init=False)  # per item, frames so far
+    reasons: list[str] = field(init=False)  # per item: "eos" / "cap" once stopped
+    warned: set[int] = field(default_factory=set)  # items warned about an early EOS
     new_frames: int = 0  # frames generated so far by every active item (they step together)
     ar_steps: int = 0
     cache: KVCache | None = None
@@ -73,8 +74,8 @@ class DecodeState:
 
     def __post_init__(self) -> None:
         B = len(self.prompts)
-        self.active, self.generated, self.reasons = list(range(B)), [[] for _ in range(B)], [""] * B
         self.prompt_lens = torch.tensor([len(p) for p in self.prompts], device=self.text_pad.device)
+        self.active, self.generated, self.reasons = list(range(B)), [[] for _ in range(B)], [""] * B
 
     def keep(self, rows: list[int]) -> None:
         """Only these batch rows stay; the others (finished) leave the batch and the KV cache."""
