@@ -98,7 +98,7 @@ def main() -> None:
     source = ModelSource("experiment", tmp, tmp / "random", tmp / "symbols.dict", Config())
     source.cfg = dataclasses.replace(source.cfg, model=model_cfg)
     torch.manual_seed(0)
-    model = VALLE.from_config(model_cfg).to(device).eval()
+    model = VALLE(model_cfg).to(device).eval()
     eos = model.eos_id
     model.ar_predict_layer.register_forward_hook(
         lambda module, inputs, out: out.index_fill(-1, torch.tensor([eos], device=out.device), -1e9)

@@ -38,8 +38,9 @@ def trainable_model(train_stage: int, **size) -> tuple[torch.nn.Module, list[tor
     """VALL-E (`size`: VALLE keyword arguments) and the parameters the trainer trains in
     `train_stage` (the same `VALLE.set_train_stage` as models/tts/valle/trainer.build_model)."""
     from models.tts.valle.valle import VALLE
+    from utils.config import ModelConfig
 
-    model = VALLE(**size, dropout=0.1, prefix_mode=1)
+    model = VALLE(ModelConfig(**size, dropout=0.1, prefix_mode=1))
     return model, model.set_train_stage(train_stage)
 
 

@@ -31,11 +31,12 @@ from utils.checkpoint import (
     save_checkpoint,
     write_best,
 )
+from utils.config import ModelConfig
 
 
 def tiny_model() -> VALLE:
     torch.manual_seed(0)
-    return VALLE(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8)
+    return VALLE(ModelConfig(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8))
 
 
 def save(exp, step, loss=1.0, valid=None, state=None):
@@ -50,7 +51,7 @@ def test_tied_weights_saved_once_and_reload_tied(tmp_path):
     loaded = load_file(str(path / "model.safetensors"))  # would fail on shared tensors
     # 6 tied pairs (nar_predict_layers.j <-> nar_audio_embeddings.j+2) are stored once each
     assert len(loaded) == len(model.state_dict()) - 6
-    other = VALLE(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8)
+    other = VALLE(ModelConfig(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8))
     other.load_amphion_state_dict(loaded)
     for name, tensor in model.state_dict().items():
         assert torch.equal(other.state_dict()[name], tensor), name
@@ -280,7 +281,7 @@ def test_training_and_stage3_resolve_paths_by_the_same_rules(tmp_path):
     ckpt = release / "checkpoint" / "epoch-0016_step-0060000_loss-3.000000"
     ckpt.mkdir(parents=True)
     torch.manual_seed(0)
-    weights = VALLE.from_config(model_cfg).state_dict()
+    weights = VALLE(model_cfg).state_dict()
     torch.save(weights, ckpt / "pytorch_model.bin")
     torch.save(weights, release / "pytorch_model.bin")  # a stray copy at the top: not newer
     (release / "args.json").write_text(json.dumps({"model": config_to_dict(model_cfg)}))

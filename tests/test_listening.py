@@ -27,7 +27,7 @@ def test_listening_samples_go_to_tensorboard(tmp_path):
     }
     cfg = load_config(REPO_ROOT / "config" / "valle.json", overrides=overrides)
     torch.manual_seed(0)
-    model = VALLE.from_config(cfg.model).eval()
+    model = VALLE(cfg.model).eval()
     g = torch.Generator().manual_seed(1)
     batch = {"x": torch.randint(3, 20, (2, 7), generator=g), "x_lens": torch.tensor([7, 5]),
              "y": torch.randint(0, 1024, (2, 30, 8), generator=g), "y_lens": torch.tensor([30, 20]),

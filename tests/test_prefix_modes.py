@@ -29,7 +29,7 @@ from models.tts.valle.dataset import SpeakerPrompts, VALLEDataset, make_dataload
 from models.tts.valle.inference import find_model_source
 from models.tts.valle.valle import VALLE
 from text.symbol_table import TextTokenizer
-from utils.config import REPO_ROOT, Config, load_config, read_json5
+from utils.config import REPO_ROOT, Config, ModelConfig, load_config, read_json5
 
 FIXTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "fixtures"
 MODES = (2, 4)
@@ -42,7 +42,7 @@ def oracle(request) -> dict:
     if not folder.is_dir():
         pytest.skip(f"Amphion fixture not found at {folder}")
     cfg = json.loads((folder / "config.json").read_text())
-    model = VALLE(**cfg["model"])
+    model = VALLE(ModelConfig(**cfg["model"]))
     model.load_amphion_state_dict(torch.load(folder / "state_dict.pt", weights_only=True))
     return {
         "mode": request.param,
@@ -294,8 +294,8 @@ def test_prompt_draws_depend_on_seed_epoch_and_cut_only(corpus):
 def test_mode4_training_step_takes_the_prompt_from_the_batch(corpus):
     cuts, info = corpus
     torch.manual_seed(0)
-    model = VALLE(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8,
-                  prefix_mode=4, dropout=0.0)  # fmt: skip
+    model = VALLE(ModelConfig(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=8,
+                              prefix_mode=4, dropout=0.0))  # fmt: skip
     batch = VALLEDataset(info["tokenizer"], 8, SpeakerPrompts(cuts, 6, seed=0))[cuts]
     logits: list = []
     handle = capture(model.nar_predict_layers[0], logits)

@@ -8,9 +8,10 @@ import re
 
 import torch
 
-from models.tts.valle.valle import VALLE, pad_1d
+from models.tts.valle.valle import VALLE
+from modules.masks import pad_1d
 from modules.sampling import filter_logits, sample
-from utils.config import REPO_ROOT, InferenceConfig, read_json5
+from utils.config import REPO_ROOT, InferenceConfig, ModelConfig, read_json5
 
 
 def kept(logits: torch.Tensor) -> list[set[int]]:
@@ -106,7 +107,8 @@ def test_per_row_generators_make_each_row_independent_of_the_batch():
 
 def _tiny_valle() -> VALLE:
     torch.manual_seed(0)
-    model = VALLE(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=20, dropout=0.0)
+    cfg = ModelConfig(decoder_dim=16, nhead=2, num_decoder_layers=1, text_token_num=20, dropout=0.0)
+    model = VALLE(cfg)
     with torch.no_grad():  # say EOS often, so items stop early and leave the batch
         model.ar_predict_layer.weight[model.eos_id] *= 3.0
     return model.eval()

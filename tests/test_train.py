@@ -95,7 +95,7 @@ def test_kill_during_checkpoint_write_keeps_previous(tmp_path, processed):
     assert list((exp / "checkpoint").glob(".tmp-*"))  # the interrupted write is left behind
     previous = list_checkpoints(exp)  # step 2 (save_interval) and 3 (end of epoch 0)
     assert [read_meta(p)["step"] for p in previous] == [2, 3]
-    VALLE.from_config(load_config(cfg).model).load_amphion_state_dict(last_weights(exp))
+    VALLE(load_config(cfg).model).load_amphion_state_dict(last_weights(exp))
     assert load_training_state(previous[-1])["step"] == 3
 
     check_ok(run_training(args(cfg, "k", "--resume", "true")))
@@ -149,7 +149,7 @@ def test_checkpoint_written_the_old_way_loads_and_resumes(tmp_path, processed):
     cfg = config(tmp_path, processed, max_steps=2)
     check_ok(run_training(args(cfg, "old")))
     ckpt = list_checkpoints(tmp_path / "exp" / "old")[-1]
-    model = VALLE.from_config(load_config(cfg).model)
+    model = VALLE(load_config(cfg).model)
     model.load_amphion_state_dict(last_weights(tmp_path / "exp" / "old"))
     write_weights_the_old_way(ckpt, model)
     loaded, _ = trainer.build_model(load_config(cfg), 1, ckpt)
@@ -165,7 +165,7 @@ def test_finetune_from_amphion_release_and_changed_config_refused(tmp_path, proc
     cfg = config(tmp_path, processed)
     model_cfg = load_config(cfg).model
     torch.manual_seed(3)
-    release_model = VALLE.from_config(model_cfg)
+    release_model = VALLE(model_cfg)
     release = tmp_path / "valle_libritts"
     ckpt = release / "checkpoint" / "epoch-0001_step-0000100_loss-3.000000"
     ckpt.mkdir(parents=True)
@@ -188,7 +188,7 @@ def test_nar_stage_starts_from_ar_run_and_keeps_ar_weights(tmp_path, processed):
     check_ok(run_training(args(cfg, "ar", "--train_stage", "1")))
     ar = last_weights(tmp_path / "exp" / "ar")
     torch.manual_seed(load_config(cfg).train.random_seed)  # the initial weights of both runs
-    init = VALLE.from_config(load_config(cfg).model).state_dict()
+    init = VALLE(load_config(cfg).model).state_dict()
     assert any(not torch.equal(ar[k], init[k]) for k in ar if k.startswith("ar_"))
     assert all(torch.equal(ar[k], init[k]) for k in ar if k.startswith("nar_"))
 

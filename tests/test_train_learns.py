@@ -31,7 +31,7 @@ def test_tiny_model_overfits_four_utterances(tmp_path):
     assert trainer.main(["--config", str(cfg_path), "--exp_name", "learn"]) == 0
 
     cfg = load_config(cfg_path)
-    model = VALLE.from_config(cfg.model).eval()
+    model = VALLE(cfg.model).eval()
     model.load_amphion_state_dict(load_weights(list_checkpoints(tmp_path / "exp" / "learn")[-1]))
     cuts = CutSet.from_file(processed / "libritts" / "cuts_train.jsonl.gz")
     batch = VALLEDataset(TextTokenizer.from_file(processed / "symbols.dict"))[cuts]

@@ -49,7 +49,7 @@ def fixture() -> dict:
 
 @pytest.fixture(scope="module")
 def amphion_model(fixture) -> VALLE:
-    model = VALLE(**fixture["model_cfg"])
+    model = VALLE(ModelConfig(**fixture["model_cfg"]))
     model.load_amphion_state_dict(fixture["state_dict"])
     return model.eval()
 
@@ -59,7 +59,7 @@ def tiny(**overrides) -> VALLE:
     kwargs = dict(decoder_dim=16, nhead=2, num_decoder_layers=2, text_token_num=20, dropout=0.0)
     kwargs.update(overrides)
     torch.manual_seed(0)
-    return VALLE(**kwargs).eval()
+    return VALLE(ModelConfig(**kwargs)).eval()
 
 
 def assert_close_rel(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-5) -> None:
@@ -156,7 +156,7 @@ def test_load_accepts_either_tied_name_and_reties(fixture):
         k: v for k, v in sd.items() if k != "nar_audio_embeddings.2.word_embeddings.weight"
     }
     for partial in (without_outputs, without_inputs):
-        model = VALLE(**fixture["model_cfg"])
+        model = VALLE(ModelConfig(**fixture["model_cfg"]))
         model.load_amphion_state_dict(partial)
         assert model.nar_predict_layers[0].weight is model.nar_audio_embeddings[2].weight
         assert torch.equal(model.nar_predict_layers[0].weight, sd["nar_predict_layers.0.weight"])
@@ -165,7 +165,7 @@ def test_load_accepts_either_tied_name_and_reties(fixture):
 
 
 def test_load_rejects_missing_and_unexpected_keys(fixture):
-    model = VALLE(**fixture["model_cfg"])
+    model = VALLE(ModelConfig(**fixture["model_cfg"]))
     sd = dict(fixture["state_dict"])
     del sd["ar_decoder.norm.bias"]
     with pytest.raises(KeyError, match="ar_decoder.norm.bias"):
@@ -179,9 +179,9 @@ def test_safetensors_round_trip(amphion_model, fixture, tmp_path):
     path = tmp_path / "model.safetensors"
     save_model(amphion_model, str(path))
     # safetensors keeps one name per tied pair; both loaders must restore the same model.
-    reloaded = VALLE(**fixture["model_cfg"]).eval()
+    reloaded = VALLE(ModelConfig(**fixture["model_cfg"])).eval()
     load_model(reloaded, str(path))
-    via_amphion_loader = VALLE(**fixture["model_cfg"]).eval()
+    via_amphion_loader = VALLE(ModelConfig(**fixture["model_cfg"])).eval()
     via_amphion_loader.load_amphion_state_dict(load_file(str(path)))
     for model in (reloaded, via_amphion_loader):
         for name, tensor in amphion_model.state_dict().items():
@@ -197,7 +197,7 @@ def test_safetensors_round_trip(amphion_model, fixture, tmp_path):
 def test_from_config_builds_the_configured_model():
     cfg = ModelConfig(decoder_dim=16, nhead=2, num_decoder_layers=3, text_token_num=40,
                       nar_scale_factor=0.5, num_quantizers=4, prefix_mode=2)  # fmt: skip
-    model = VALLE.from_config(cfg)
+    model = VALLE(cfg)
     assert len(model.ar_decoder.layers) == 3 and len(model.nar_decoder.layers) == 1
     assert model.nar_text_embedding.weight.shape == (40, 8)
     assert len(model.nar_predict_layers) == 3 and model.prefix_mode == 2
@@ -440,3 +440,18 @@ def test_bfloat16_forward_and_generate_run():
     texts, prompts = make_items(2, seed=12, text_vocab=20)
     result = generate_batch(model, texts, prompts, max_new_frames=4)
     assert [c.shape for c in result.codes] == [(4, 8), (4, 8)]
+
+
+def test_an_item_capped_at_zero_frames_leaves_before_the_prefill():
+    """max_new_frames 0 for one item: it stops ("cap", no frames) and the others decode as
+    alone (the cached prefill used to encode every item, active or not, and crashed)."""
+    model = tiny(prefix_mode=1)
+    texts, prompts = make_items(3, seed=14, text_vocab=20)
+    caps = torch.tensor([0, 4, 6])
+    result = generate_batch(model, texts, prompts, max_new_frames=caps)
+    assert [len(c) for c in result.codes] == [0, 4, 6]
+    assert result.stop_reasons[0] == "cap" and result.codes[0].shape == (0, 8)
+    for b in (1, 2):
+        alone = generate_batch(model, texts[b : b + 1], prompts[b : b + 1],
+                               max_new_frames=int(caps[b]))  # fmt: skip
+        assert torch.equal(alone.codes[0], result.codes[b]), f"item {b}"

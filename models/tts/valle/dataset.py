@@ -40,10 +40,10 @@ from lhotse import CutSet, combine
 from lhotse.array import TemporalArray, seconds_to_frames
 from lhotse.cut import Cut
 from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler, SimpleCutSampler
+from lhotse.dataset.collation import collate_matrices, collate_vectors
 from lhotse.dataset.sampling.base import CutSampler
 
 from models.codec.encodec import SAMPLE_RATE, codec_span
-from models.tts.valle.valle import pad_1d
 from text.symbol_table import TextTokenizer, UnknownPhoneError
 from utils.config import Config
 
@@ -272,8 +272,8 @@ class VALLEDataset(torch.utils.data.Dataset):
             ids.append(cut.id)
         x_lens = torch.tensor([len(t) for t in texts], dtype=torch.long)
         y_lens = torch.tensor([len(c) for c in codes], dtype=torch.long)
-        x = pad_1d(texts, self.tokenizer.pad_id)  # (B, S)
-        y = pad_1d(codes, 0)  # (B, T, Q)
+        x = collate_vectors(texts, padding_value=self.tokenizer.pad_id)  # (B, S)
+        y = collate_matrices(codes, padding_value=0)  # (B, T, Q)
         batch = {"x": x, "x_lens": x_lens, "y": y, "y_lens": y_lens, "cut_ids": ids}
         if self.prompts is not None:
             batch["nar_prompts"] = self.prompts(cuts, codes, self.load_codes)  # (B, P, Q)

@@ -156,7 +156,7 @@ def load_codec(source: ModelSource, device: torch.device | str = "cpu"):
 def load_model(source: ModelSource, device: torch.device | str = "cpu"):
     """Build the VALL-E described by `source` and load its weights (never running pickled code)."""
     state = load_tensor_file(source.weights)  # CheckpointError for unsafe / broken files
-    model = VALLE.from_config(source.cfg.model)
+    model = VALLE(source.cfg.model)
     try:
         model.load_amphion_state_dict(state)
     except (KeyError, RuntimeError, ValueError) as e:
@@ -345,13 +345,13 @@ def load_prompt(path: Path, sample_rate: int, max_seconds: float, trim: bool) ->
 class Prepared:
     utt: Utterance
     text_ids: list[int]  # prompt text + target text, with <bos>/<eos>
-    enroll_len: int  # ids of the prompt text part
+    enroll_text_len: int  # ids of the prompt text part
     prompt_codes: torch.Tensor  # (P, Q) int64
 
     @property
     def length(self) -> tuple[int, int]:
         """Expected work: grows with the target text (generated frames) and the prompt."""
-        return len(self.text_ids) - self.enroll_len, self.prompt_codes.shape[0]
+        return len(self.text_ids) - self.enroll_text_len, self.prompt_codes.shape[0]
 
 
 def frame_caps(text_lens: list[int], inf: InferenceConfig, frame_rate: float) -> list[int]:
@@ -404,7 +404,7 @@ class Synthesizer:
         chunk = self.inf.batch_size if self.device.type == "cuda" else 1
         for i in range(0, len(utts), chunk):
             part = utts[i : i + chunk]
-            loaded = [self._load(utt) for utt in part]  # (ids, enroll_len, wav) or an error
+            loaded = [self._load(utt) for utt in part]  # (ids, enroll_text_len, wav) or an error
             wavs = [x[2].to(self.device) for x in loaded if not isinstance(x, InferenceError)]
             all_codes = iter(self.codec.encode(wavs))
             for utt, x in zip(part, loaded, strict=True):
@@ -413,16 +413,16 @@ class Synthesizer:
 
     def _load(self, utt: Utterance) -> tuple[list[int], int, torch.Tensor] | InferenceError:
         try:
-            ids, enroll_len = self.frontend.encode(utt.text_prompt, utt.text)
+            ids, enroll_text_len = self.frontend.encode(utt.text_prompt, utt.text)
             inf = self.inf
             wav = load_prompt(utt.audio_prompt, self.sample_rate, inf.max_prompt_seconds,
                               inf.trim_long_prompts)  # fmt: skip
         except InferenceError as e:
             return e
-        return ids, enroll_len, wav
+        return ids, enroll_text_len, wav
 
     def _item(self, utt: Utterance, loaded: tuple, all_codes) -> Prepared | InferenceError:
-        ids, enroll_len, _ = loaded
+        ids, enroll_text_len, _ = loaded
         codes = next(all_codes)
         if self.inf.continual and codes.shape[0] < 2:
             return InferenceError(
@@ -430,7 +430,7 @@ class Synthesizer:
                 "continual mode needs at least 2 (it redoes the prompt's second half)"
             )
         q = self.source.cfg.model.num_quantizers
-        return Prepared(utt, ids, enroll_len, codes[:, :q].long().cpu())
+        return Prepared(utt, ids, enroll_text_len, codes[:, :q].long().cpu())
 
     def record(self, item: Prepared) -> dict:
         return {"prompt_frames": int(item.prompt_codes.shape[0]), "text_ids": len(item.text_ids)}
@@ -458,7 +458,7 @@ class Synthesizer:
             text_lens,
             prompts,
             prompt_lens,
-            torch.tensor([p.enroll_len for p in batch], device=dev),
+            torch.tensor([p.enroll_text_len for p in batch], device=dev),
             top_k=self.inf.top_k,
             top_p=self.inf.top_p,
             temperature=self.inf.temperature,

@@ -331,7 +331,7 @@ def lr_lambda(cfg: Config):
 
 
 def build_model(cfg: Config, train_stage: int, init_from: Path | None) -> tuple[VALLE, list]:
-    model = VALLE.from_config(cfg.model)
+    model = VALLE(cfg.model)
     if init_from is not None:
         check_model_config(init_from, cfg)
         model.load_amphion_state_dict(load_weights(init_from))
