@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from models.codec.encodec import CodecError, CodecTokenizer
-from models.tts.valle.valle import MAX_PROMPT_FRAMES
+from models.tts.valle.losses import MAX_PROMPT_FRAMES
 from utils.config import Config, resolve_path
 
 log = logging.getLogger(__name__)
