@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from train_fixtures import REPO, make_stage1, read_log, run_training, write_config
 
+from models.base import train_state
 from models.tts.valle import trainer
 from models.tts.valle.dataset import DataError
 from models.tts.valle.valle import VALLE
@@ -114,7 +115,8 @@ def test_finetune_loads_only_weights(tmp_path, processed):
         args(cfg, "ft", "--resume", "true", "--resume_type", "finetune",
              "--resume_from_ckpt_path", str(src_ckpt))
     )  # fmt: skip
-    resume_from, init_from = trainer.pick_checkpoints(ft_args, tmp_path / "exp" / "ft", 1)
+    recipe = trainer.VALLETrainRecipe(load_config(cfg), ft_args)
+    resume_from, init_from = train_state.pick_checkpoints(ft_args, tmp_path / "exp" / "ft", recipe)
     assert resume_from is None and init_from == src_ckpt
     model, _ = trainer.build_model(load_config(cfg), 1, init_from)
     for name, tensor in src_weights.items():

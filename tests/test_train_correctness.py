@@ -15,6 +15,7 @@ from lhotse import CutSet
 from safetensors.torch import load_file
 from train_fixtures import make_stage1, read_log, run_training, write_config
 
+from models.base import trainer as engine
 from models.tts.valle import trainer
 from utils.checkpoint import list_checkpoints, load_training_state
 from utils.config import load_config
@@ -94,7 +95,7 @@ def test_mixed_precision_resume_is_exact(tmp_path, processed, precision):
         # a skipped update advances neither the step count nor the LR schedule
         steps = [r for r in records if not r.get("skipped")]
         assert [r["step"] for r in steps] == list(range(1, 7))
-        factor = trainer.lr_lambda(load_config(cfg))
+        factor = engine.lr_lambda(load_config(cfg))
         for r in steps:
             assert r["lr"] == pytest.approx(1e-3 * factor(r["step"] - 1), rel=1e-12), r["step"]
         assert load_training_state(list_checkpoints(part)[-1])["counters"]["overflow_total"] == len(
@@ -126,17 +127,19 @@ def test_largest_batch_check_counts_adam_state_and_leaves_no_trace(tmp_path, pro
     from text.symbol_table import TextTokenizer
 
     cfg = load_config(config(tmp_path, processed, model={"add_prenet": True}))
+    cfg.train.train_stage = 0  # AR + NAR: every trainable parameter gets a gradient
     model, trainable = trainer.build_model(cfg, 0, None)
     model.train()
     optimizer = torch.optim.AdamW(trainable)
     run = SimpleNamespace(
         cfg=cfg, model=model, trainable=trainable, optimizer=optimizer, train_stage=0,
+        recipe=trainer.VALLETrainRecipe(cfg, None),
         accelerator=SimpleNamespace(device=torch.device("cpu"), backward=torch.Tensor.backward),
         train_loader=SimpleNamespace(dataset=VALLEDataset(TextTokenizer.from_file(
             processed / "symbols.dict"))),
     )  # fmt: skip
     seen = {}
-    batch_loss = trainer.batch_loss
+    batch_loss = engine.batch_loss
 
     def counting_batch_loss(run, batch, generator):
         # what lives next to the forward: a zero tensor of each trainable's shape, twice
@@ -150,11 +153,11 @@ def test_largest_batch_check_counts_adam_state_and_leaves_no_trace(tmp_path, pro
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     rng = torch.get_rng_state()
     cuts = CutSet.from_file(processed / "libritts" / "cuts_train.jsonl.gz")
-    trainer.batch_loss, saved = counting_batch_loss, trainer.batch_loss
+    engine.batch_loss, saved = counting_batch_loss, engine.batch_loss
     try:
-        trainer.check_largest_batch_fits(run, cuts)
+        engine.check_largest_batch_fits(run, cuts)
     finally:
-        trainer.batch_loss = saved
+        engine.batch_loss = saved
     assert seen["state"] >= 2 * sum(p.numel() for p in trainable)
     for name, b in model.named_buffers():
         assert torch.equal(b, before[name]), name

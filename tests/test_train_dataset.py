@@ -190,16 +190,16 @@ def test_stop_signal_while_a_worker_starts_does_not_kill_it(data, monkeypatch):
     import signal
     import time
 
-    from models.tts.valle import dataset
+    from models.base import train_data
 
     cfg, cuts, tok = data
-    init = dataset.ignore_stop_signals
+    init = train_data.ignore_stop_signals
 
     def slow_start(worker_id):
         time.sleep(1.0)  # the window between the fork and SIG_IGN, made wide
         init(worker_id)
 
-    monkeypatch.setattr(dataset, "ignore_stop_signals", slow_start)
+    monkeypatch.setattr(train_data, "ignore_stop_signals", slow_start)
     loader, _ = make_dataloader(cuts, cfg, tok, shuffle=False, num_workers=1)
     batches = iter(loader)
     os.kill(batches._workers[0].pid, signal.SIGTERM)

@@ -17,8 +17,11 @@ from lhotse import CutSet
 from safetensors.torch import load_file
 from train_fixtures import make_stage1, read_log, write_config
 
+from models.base import trainer as engine
+from models.base.train_data import largest_batch
 from models.tts.valle import trainer
 from utils.checkpoint import list_checkpoints, read_best, read_meta
+from utils.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -108,7 +111,7 @@ def test_gradient_checkpointing_trains_the_same(tmp_path):
     for flag in (False, True):
         train = {"max_steps": 3, "gradient_checkpointing": flag}
         cfg = write_config(tmp_path / f"{flag}.json", processed, tmp_path / "exp", train=train)
-        model, _ = trainer.build_model(trainer.load_config(cfg), 0, None)
+        model, _ = trainer.build_model(load_config(cfg), 0, None)
         assert model.ar_decoder.gradient_checkpointing is flag
         assert (
             trainer.main(["--config", str(cfg), "--exp_name", f"gc{flag}", "--train_stage", "0"])
@@ -140,17 +143,17 @@ def test_largest_batch_and_out_of_memory_advice(tmp_path, monkeypatch):
     from text.symbol_table import TextTokenizer
 
     processed = make_stage1(tmp_path / "data", n_train=8, n_valid=1, frames=(10, 60))
-    cfg = trainer.load_config(write_config(tmp_path / "c.json", processed, tmp_path / "exp"))
+    cfg = load_config(write_config(tmp_path / "c.json", processed, tmp_path / "exp"))
     cuts = CutSet.from_file(processed / "libritts" / "cuts_train.jsonl.gz")
     frames = sorted((len(c.codes.load()) for c in cuts), reverse=True)
-    assert [len(c.codes.load()) for c in trainer.largest_batch(cuts, cfg)] == frames[:3]
+    assert [len(c.codes.load()) for c in largest_batch(cuts, cfg)] == frames[:3]
     cfg.train.use_dynamic_batchsize, cfg.train.max_tokens = True, frames[0] + frames[1]
-    assert [len(c.codes.load()) for c in trainer.largest_batch(cuts, cfg)] == frames[:2]
+    assert [len(c.codes.load()) for c in largest_batch(cuts, cfg)] == frames[:2]
 
     def out_of_memory(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
-    monkeypatch.setattr(trainer, "batch_loss", out_of_memory)
+    monkeypatch.setattr(engine, "batch_loss", out_of_memory)
     dataset = VALLEDataset(TextTokenizer.from_file(processed / "symbols.dict"))
     run = SimpleNamespace(
         cfg=cfg, accelerator=SimpleNamespace(device=torch.device("cpu")),
@@ -158,7 +161,7 @@ def test_largest_batch_and_out_of_memory_advice(tmp_path, monkeypatch):
         optimizer=SimpleNamespace(state={}), trainable=[],
     )  # fmt: skip
     with pytest.raises(trainer.TrainingError) as err:
-        trainer.check_largest_batch_fits(run, cuts)
+        engine.check_largest_batch_fits(run, cuts)
     message = str(err.value)
     assert f"2 utterances, {frames[0] + frames[1]} frames" in message
     assert f"lower train.max_tokens (now {frames[0] + frames[1]})" in message

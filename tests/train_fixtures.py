@@ -133,6 +133,8 @@ def _runner(argv: list[str]) -> int:
 
     import torch
 
+    from models.base import train_loop, train_state
+    from models.base import trainer as engine
     from models.tts.valle import trainer
 
     p = argparse.ArgumentParser()
@@ -146,17 +148,17 @@ def _runner(argv: list[str]) -> int:
     torch.set_num_threads(1)
 
     if hooks.sigterm_at_step:
-        log_step = trainer.log_step
+        log_step = train_loop.log_step
 
         def log_step_then_signal(run, *a, **k):
             log_step(run, *a, **k)
             if run.step == hooks.sigterm_at_step:
                 os.kill(os.getpid(), signal.SIGTERM)  # a real signal through the real handler
 
-        trainer.log_step = log_step_then_signal
+        train_loop.log_step = log_step_then_signal
 
     if hooks.hang_in_save_at_step:
-        save_checkpoint = trainer.save_checkpoint
+        save_checkpoint = train_state.save_checkpoint
 
         def hanging_save(exp_dir, name, weights, meta, state):
             if meta["step"] != hooks.hang_in_save_at_step:
@@ -170,11 +172,11 @@ def _runner(argv: list[str]) -> int:
                 print("HANGING IN SAVE", flush=True)
                 time.sleep(600)  # the test kills us with SIGKILL here
 
-        trainer.save_checkpoint = hanging_save
+        train_state.save_checkpoint = hanging_save
     if hooks.record_dropout:
         record_first_dropout_mask(trainer, Path(hooks.record_dropout))
     if hooks.cpu_fp16:
-        cpu_fp16_accelerator(trainer)
+        cpu_fp16_accelerator(engine)
     return trainer.main(train_args)
 
 
@@ -202,14 +204,14 @@ def record_first_dropout_mask(trainer, out_dir: Path) -> None:
     trainer.build_model = build_and_hook
 
 
-def cpu_fp16_accelerator(trainer) -> None:
+def cpu_fp16_accelerator(engine) -> None:
     """accelerate refuses fp16 on the CPU; give it a CPU GradScaler and fp16 autocast anyway so
     that the recipe's fp16 code path (scaled backward, unscale in clip, scaler-skipped updates,
     scaler state in checkpoints) runs here. A scale that grows every 2 steps makes the
     scaler skip updates now and then, as it does on a GPU."""
     import torch
 
-    make_accelerator = trainer.make_accelerator
+    make_accelerator = engine.make_accelerator
 
     def make(cfg):
         acc = make_accelerator(cfg)
@@ -218,7 +220,7 @@ def cpu_fp16_accelerator(trainer) -> None:
         acc.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=2)
         return acc
 
-    trainer.make_accelerator = make
+    engine.make_accelerator = make
 
 
 if __name__ == "__main__":

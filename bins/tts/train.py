@@ -8,7 +8,7 @@ This is one training process, on the first visible GPU or the CPU. `egs/tts/VALL
 --stage 2 [--gpu 0,1]` calls it, under `accelerate launch` with one process per GPU (DDP) when
 several are visible (utils/launch.sh); without run.sh, set CUDA_VISIBLE_DEVICES yourself and
 use `accelerate launch --multi_gpu --num_processes N bins/tts/train.py ...` for several GPUs.
-The training logic is in models/tts/valle/trainer.py.
+The training engine is models/base/trainer.py; VALL-E's part of it models/tts/valle/trainer.py.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from __future__ import annotations
 import logging
 import sys
 
-from models.tts.valle.dataset import DataError
-from models.tts.valle.trainer import TrainingError, main
+from models.base.train_data import DataError
+from models.base.train_state import TrainingError
+from models.tts.valle.trainer import main
 from utils.checkpoint import CheckpointError
 from utils.config import ConfigError
 

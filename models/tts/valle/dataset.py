@@ -10,48 +10,37 @@ A batch is a dict (what the trainer feeds to `VALLE.forward`):
     nar_prompts (B, P, Q) int64, only for model.prefix_mode 4: row b is a chunk of another
              utterance of cut b's speaker (`SpeakerPrompts`), the NAR's acoustic prompt
 
-Batches come from lhotse samplers: `DynamicBucketingSampler` when `train.use_dynamic_batchsize`
-(at most `max_tokens` codec frames and `max_sentences` utterances per batch, `num_buckets` duration
-buckets), else `SimpleCutSampler` with `batch_size` utterances. Both shuffle with
-`train.random_seed` + epoch and give every rank its own shard (`world_size`, `rank`). A split too
-small for `num_buckets` buckets gets fewer (each bucket must be able to fill a batch of
-`max_sentences`), or with fewer than 2 such buckets `DynamicCutSampler` (same limits, no
-buckets); `make_sampler` logs which one and why.
-
-`ResumableBatches` wraps the sampler so a checkpoint can record the exact position in the epoch:
-the trainer counts the batches it has *consumed* (dataloader workers prefetch ahead of that, so
-the sampler's own counters would be too far) and a resumed run re-draws the same epoch order and
-skips that many batches without loading any audio or codes.
+Sampling, exact mid-epoch resume and the data loader are the engine's
+(`models/base/train_data.py`); this file makes VALL-E's cuts and batches.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import random
-import signal
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from lhotse import CutSet, combine
-from lhotse.array import TemporalArray, seconds_to_frames
 from lhotse.cut import Cut
-from lhotse.dataset import DynamicBucketingSampler, DynamicCutSampler, SimpleCutSampler
 from lhotse.dataset.collation import collate_matrices, collate_vectors
-from lhotse.dataset.sampling.base import CutSampler
 
+from models.base.train_data import (
+    DataError,
+    ResumableBatches,
+    codes_of,
+    hop_seconds,
+    make_loader,
+    make_sampler,
+    num_frames,
+)
 from models.codec.encodec import SAMPLE_RATE, codec_span
 from text.symbol_table import TextTokenizer, UnknownPhoneError
 from utils.config import Config
 
 logger = logging.getLogger(__name__)
-
-
-class DataError(RuntimeError):
-    """Stage-1 output is missing or unusable; the message names the file and what to do."""
 
 
 def stage1_cuts_path(cfg: Config, processed_dir: Path, dataset: str, split: str) -> Path:
@@ -91,15 +80,10 @@ def load_cuts(cfg: Config, processed_dir: Path, split: str) -> CutSet:
     return sets[0] if len(sets) == 1 else combine(*sets)
 
 
-def _codes(cut: Cut) -> TemporalArray | None:
-    codes = cut.custom.get("codes") if cut.custom else None
-    return codes if isinstance(codes, TemporalArray) else None
-
-
 def _predates_codec_span(cut: Cut) -> bool:
     """A whole-recording cut of a stage-1 run before MANIFEST_FORMAT 2: its duration is the
     audio's, so lhotse would leave out a last codec frame covering under half a hop."""
-    codes = _codes(cut)
+    codes = codes_of(cut)
     return (
         codes is not None
         and cut.has_recording
@@ -126,14 +110,6 @@ def span_old_cuts(cuts: CutSet, path: Path) -> CutSet:
     return CutSet.from_cuts(codec_span(c) if _predates_codec_span(c) else c for c in cuts)
 
 
-def num_frames(cut: Cut, hop_seconds: float) -> int:
-    """Codec frames of the cut: what `cut.load_codes()` returns (lhotse's count from duration)."""
-    codes = _codes(cut)
-    if codes is not None:
-        return seconds_to_frames(cut.duration, codes.frame_shift, max_index=codes.num_frames)
-    return int(round(cut.duration / hop_seconds))
-
-
 def audio_seconds(cut: Cut) -> float:
     """Audio length of a cut: a stage-1 cut's duration also covers its last codec frame's
     padding (up to one hop past the recording's end)."""
@@ -150,7 +126,7 @@ def filter_cuts(
 
     Returns the kept cuts (eager) and (cut id, reason) for each left-out one, so that the caller
     can report them (nothing is dropped silently)."""
-    hop = cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
+    hop = hop_seconds(cfg)
     kept, rejected = [], []
     for cut in cuts:
         seconds = audio_seconds(cut)
@@ -280,120 +256,6 @@ class VALLEDataset(torch.utils.data.Dataset):
         return batch
 
 
-def num_buckets_for(num_cuts: int, cfg: Config) -> tuple[int, str]:
-    """Duration buckets a split of `num_cuts` can fill (each at least one batch of
-    max_sentences), at most train.num_buckets; below 2 bucketing is off. (number, why)."""
-    train = cfg.train
-    fillable = num_cuts // train.max_sentences
-    if train.num_buckets >= 2 and fillable >= train.num_buckets:
-        return train.num_buckets, f"train.num_buckets = {train.num_buckets}"
-    why = (f"{num_cuts} cuts fill {fillable} bucket(s) of train.max_sentences = "
-           f"{train.max_sentences} (train.num_buckets = {train.num_buckets})")  # fmt: skip
-    return (fillable if fillable >= 2 and train.num_buckets >= 2 else 0), why
-
-
-def make_sampler(
-    cuts: CutSet,
-    cfg: Config,
-    *,
-    shuffle: bool,
-    world_size: int = 1,
-    rank: int = 0,
-    drop_last: bool = False,
-    name: str = "",
-) -> CutSampler:
-    """The lhotse sampler the config asks for (see module docstring); logs the dynamic-batching
-    choice for split `name` (rank 0)."""
-    train = cfg.train
-    common = dict(
-        shuffle=shuffle,
-        drop_last=drop_last,
-        seed=train.random_seed,
-        world_size=world_size,
-        rank=rank,
-    )
-    if not train.use_dynamic_batchsize:
-        return SimpleCutSampler(cuts, max_cuts=train.batch_size, **common)
-    hop = cfg.preprocess.codec_hop_size / cfg.preprocess.sample_rate
-    # max_tokens counts codec frames, like Amphion
-    limits = dict(max_duration=train.max_tokens * hop, max_cuts=train.max_sentences)
-    buckets, why = num_buckets_for(len(cuts), cfg)
-    if rank == 0:
-        chosen = f"{buckets} duration buckets" if buckets else "no duration buckets"
-        logger.info("%s: dynamic batches with %s (%s)", name or "cuts", chosen, why)
-    with warnings.catch_warnings():  # the cuts are eager on purpose: filtered and reported
-        warnings.filterwarnings("ignore", message=".*eagerly read CutSet")
-        if not buckets:
-            return DynamicCutSampler(cuts, **limits, **common)
-        return DynamicBucketingSampler(cuts, **limits, num_buckets=buckets, **common)
-
-
-class ResumableBatches:
-    """Iterable of CutSet batches of one epoch that can start at a recorded position.
-
-    `set_position(epoch, batches_done)` then `iter()` yields the epoch's batches after the first
-    `batches_done` (the sampler re-draws the same order from seed + epoch)."""
-
-    def __init__(self, sampler: CutSampler):
-        self.sampler = sampler
-        self.epoch = 0
-        self.skip = 0
-
-    def set_position(self, epoch: int, batches_done: int = 0) -> None:
-        self.epoch, self.skip = epoch, batches_done
-
-    def __iter__(self) -> Iterator[CutSet]:
-        self.sampler.set_epoch(self.epoch)
-        batches = iter(self.sampler)
-        skip, self.skip = self.skip, 0
-        # only next(): a lhotse sampler restarts its epoch whenever iter() is called on it again
-        while True:
-            try:
-                batch = next(batches)
-            except StopIteration:
-                return
-            if skip:
-                skip -= 1
-                continue
-            yield batch
-
-    def state_dict(self, epoch: int, batches_done: int) -> dict:
-        """Position (what resume uses) plus the lhotse sampler's own settings (for reference)."""
-        return {
-            "epoch": epoch,
-            "batches_done": batches_done,
-            "lhotse": self.sampler.state_dict(),
-        }
-
-
-STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """Dataloader workers leave Ctrl-C / SIGTERM to the trainer, which finishes the step and
-    saves; a worker killed by the signal would break that (torch ends orphaned workers itself).
-    The worker starts with them blocked (`StopSafeDataLoader`): one that came meanwhile is
-    dropped here, after SIG_IGN."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
-
-
-class StopSafeDataLoader(torch.utils.data.DataLoader):
-    """Starts its workers with SIGINT / SIGTERM blocked, so that a signal sent to the whole
-    process group (a batch scheduler's SIGTERM, Ctrl-C) while a worker is still starting, before
-    `ignore_stop_signals` runs in it, cannot kill it (each epoch and validation start workers)."""
-
-    def __iter__(self):
-        if self.num_workers == 0:
-            return super().__iter__()
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        try:
-            return super().__iter__()
-        finally:  # the trainer's own pending signal is delivered here, to its handler
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
 def make_dataloader(
     cuts: CutSet,
     cfg: Config,
@@ -405,6 +267,7 @@ def make_dataloader(
     num_workers: int = 0,
     name: str = "",
 ) -> tuple[torch.utils.data.DataLoader, ResumableBatches]:
+    """The loader of `cuts` (VALL-E batches) and its resumable sampler."""
     batches = ResumableBatches(
         make_sampler(cuts, cfg, shuffle=shuffle, world_size=world_size, rank=rank, name=name)
     )
@@ -413,23 +276,5 @@ def make_dataloader(
         pre = cfg.preprocess
         frames = max(1, round(cfg.train.nar_prompt_seconds * pre.sample_rate / pre.codec_hop_size))
         prompts = SpeakerPrompts(cuts, frames, cfg.train.random_seed)
-    loader = StopSafeDataLoader(
-        VALLEDataset(tokenizer, cfg.model.num_quantizers, prompts),
-        sampler=batches,
-        batch_size=None,
-        num_workers=num_workers,
-        persistent_workers=False,
-        # each new iterator draws a worker base seed: from its own generator, not torch's global
-        # RNG, so starting an epoch (or a resumed one) never shifts the dropout random stream
-        generator=torch.Generator().manual_seed(0),
-        worker_init_fn=ignore_stop_signals,
-    )
-    return loader, batches
-
-
-def auto_num_workers(requested: int, num_processes: int) -> int:
-    """`train.num_workers`; -1 = the CPU cores left per training process (at most 4)."""
-    if requested >= 0:
-        return requested
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(0, min(4, (cores or 1) // max(num_processes, 1) - 1))
+    dataset = VALLEDataset(tokenizer, cfg.model.num_quantizers, prompts)
+    return make_loader(dataset, batches, num_workers), batches
