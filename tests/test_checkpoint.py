@@ -269,8 +269,9 @@ def test_atomic_writes_fsync_the_file_and_the_folder(tmp_path, monkeypatch):
 
 
 def test_training_and_stage3_resolve_paths_by_the_same_rules(tmp_path):
-    """Finetune (trainer.pick_checkpoints) and stage 3 (find_model_source) go through
+    """Finetune (the engine's pick_checkpoints) and stage 3 (find_model_source) go through
     resolve_checkpoint: the same path gives the same checkpoint, or the same refusal."""
+    from models.base.train_state import pick_checkpoints
     from models.tts.valle import trainer
     from models.tts.valle.inference import InferenceError, find_model_source
     from utils.config import REPO_ROOT, config_to_dict, load_config
@@ -293,7 +294,8 @@ def test_training_and_stage3_resolve_paths_by_the_same_rules(tmp_path):
     def finetune_from(path: Path) -> Path:
         argv = ["--config", "c.json", "--exp_name", "ft", "--resume", "true",
                 "--resume_type", "finetune", "--resume_from_ckpt_path", str(path)]  # fmt: skip
-        return trainer.pick_checkpoints(trainer.parse_args(argv), tmp_path / "exp" / "ft", 1)[1]
+        args = trainer.parse_args(argv)
+        return pick_checkpoints(args, tmp_path / "exp" / "ft", recipe=None)[1]  # no init source
 
     for path in (release, release / "checkpoint", ckpt):
         assert finetune_from(path) == ckpt, path
