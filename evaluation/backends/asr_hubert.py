@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.backends import load_pretrained, pkg
+from evaluation.backends import load_transformers
 
 DEFAULT = "facebook/hubert-large-ls960-ft"
 
@@ -18,12 +18,11 @@ class HubertCTC:
     def __init__(self, model: str, device: str):
         from transformers import HubertForCTC, Wav2Vec2Processor
 
-        self.processor, self.model = load_pretrained(
-            "asr", "hubert", model, [Wav2Vec2Processor, HubertForCTC]
-        )
         self.device = torch.device(device)
-        self.model.to(self.device).eval()
-        self.version = f"{pkg('transformers')} {model}"
+        loaders = (Wav2Vec2Processor, HubertForCTC)
+        self.processor, self.model, self.version = load_transformers(
+            "asr", "hubert", model, loaders, self.device
+        )
 
     @torch.inference_mode()
     def transcribe(self, wavs: list[np.ndarray]) -> list[str]:

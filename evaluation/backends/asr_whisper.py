@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.backends import load_pretrained, pkg
+from evaluation.backends import load_transformers
 
 DEFAULT = "openai/whisper-large-v3"
 
@@ -18,13 +18,12 @@ class Whisper:
     def __init__(self, model: str, device: str):
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
-        self.processor, self.model = load_pretrained(
-            "asr", "whisper", model, [WhisperProcessor, WhisperForConditionalGeneration]
-        )
         self.device = torch.device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.model.to(self.device, self.dtype).eval()
-        self.version = f"{pkg('transformers')} {model}"
+        loaders = (WhisperProcessor, WhisperForConditionalGeneration)
+        self.processor, self.model, self.version = load_transformers(
+            "asr", "whisper", model, loaders, self.device, self.dtype
+        )
         # A multilingual checkpoint is told the language; a model without language tokens is not.
         gen = self.model.generation_config
         self.generate_kwargs = (

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.backends import load_pretrained, pkg
+from evaluation.backends import load_transformers
 
 DEFAULT = "microsoft/wavlm-base-plus-sv"
 
@@ -19,12 +19,11 @@ class WavLMSV:
     def __init__(self, model: str, device: str):
         from transformers import AutoFeatureExtractor, WavLMForXVector
 
-        self.extractor, self.model = load_pretrained(
-            "sim", "wavlm", model, [AutoFeatureExtractor, WavLMForXVector]
-        )
         self.device = torch.device(device)
-        self.model.to(self.device).eval()
-        self.version = f"{pkg('transformers')} {model}"
+        loaders = (AutoFeatureExtractor, WavLMForXVector)
+        self.extractor, self.model, self.version = load_transformers(
+            "sim", "wavlm", model, loaders, self.device
+        )
 
     @torch.inference_mode()
     def embed(self, wavs: list[np.ndarray]) -> np.ndarray:
