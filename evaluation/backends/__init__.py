@@ -80,3 +80,32 @@ def load_transformers(
         ) from None
     network.to(device=device, dtype=dtype).eval()
     return processor, network, f"{pkg('transformers')} {model}"
+
+
+class TransformersBackend:
+    """A backend over one transformers (processor, model) pair, named in the subclass:
+    `kind` ("asr", "sim"), `name`, `default` (hub id), `loaders` (the two transformers class
+    names) and `half_on_cuda` (fp16 on a GPU, fp32 elsewhere; otherwise the dtype as loaded).
+    `load(model, device)` is the module's `load`."""
+
+    kind: str
+    name: str
+    default: str
+    loaders: tuple[str, str]
+    half_on_cuda = False
+
+    def __init__(self, model: str, device: str):
+        import torch
+        import transformers
+
+        self.device = torch.device(device)
+        half = self.device.type == "cuda"
+        self.dtype = (torch.float16 if half else torch.float32) if self.half_on_cuda else None
+        loaders = tuple(getattr(transformers, n) for n in self.loaders)
+        self.processor, self.model, self.version = load_transformers(
+            self.kind, self.name, model, loaders, self.device, self.dtype
+        )
+
+    @classmethod
+    def load(cls, model: str = "", device: str = "cpu") -> TransformersBackend:
+        return cls(model or cls.default, device)

@@ -7,22 +7,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.backends import load_transformers
-
-DEFAULT = "facebook/hubert-large-ls960-ft"
+from evaluation.backends import TransformersBackend
 
 
-class HubertCTC:
-    name = "hubert"
-
-    def __init__(self, model: str, device: str):
-        from transformers import HubertForCTC, Wav2Vec2Processor
-
-        self.device = torch.device(device)
-        loaders = (Wav2Vec2Processor, HubertForCTC)
-        self.processor, self.model, self.version = load_transformers(
-            "asr", "hubert", model, loaders, self.device
-        )
+class HubertCTC(TransformersBackend):
+    kind, name, default = "asr", "hubert", "facebook/hubert-large-ls960-ft"
+    loaders = ("Wav2Vec2Processor", "HubertForCTC")
 
     @torch.inference_mode()
     def transcribe(self, wavs: list[np.ndarray]) -> list[str]:
@@ -38,5 +28,4 @@ class HubertCTC:
         return [self.processor.decode(row[: int(n)]).strip() for row, n in pairs]
 
 
-def load(model: str = "", device: str = "cpu") -> HubertCTC:
-    return HubertCTC(model or DEFAULT, device)
+load = HubertCTC.load
