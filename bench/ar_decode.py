@@ -15,54 +15,15 @@ resident set size above the level before the case (VmHWM, reset per case via cle
 from __future__ import annotations
 
 import argparse
-import os
-import re
-import resource
-import time
 
 import torch
 
+from bench import _timing as timing
 from models.tts.valle import generation
 from models.tts.valle.valle import VALLE
 from utils.config import ModelConfig
 
 FRAME_RATE = 75  # EnCodec 24 kHz frames per second
-
-
-class PeakMemory:
-    """Peak memory of the block: CUDA allocator peak, or on Linux the resident-set high-water
-    mark (reset through /proc/self/clear_refs) above the resident set at the start."""
-
-    def __init__(self, device: torch.device):
-        self.device = device
-        self.peak_bytes = 0
-
-    @staticmethod
-    def _status_kib(field: str) -> int:
-        with open("/proc/self/status") as f:
-            return int(re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.M).group(1))
-
-    def __enter__(self) -> PeakMemory:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            return self
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # reset VmHWM to the current RSS
-            self._base_kib = self._status_kib("VmRSS")
-        except OSError:
-            self._base_kib = None
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.peak_bytes = torch.cuda.max_memory_allocated(self.device)
-        elif self._base_kib is not None:
-            self.peak_bytes = (self._status_kib("VmHWM") - self._base_kib) * 1024
-        else:  # whole-process peak (KiB on Linux)
-            self.peak_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def build_model(args: argparse.Namespace, device: torch.device) -> VALLE:
@@ -77,14 +38,7 @@ def build_model(args: argparse.Namespace, device: torch.device) -> VALLE:
     )
     model = VALLE(cfg)
     model = model.to(device=device, dtype=getattr(torch, args.dtype)).eval()
-    eos = model.eos_id
-
-    def eos_off(module, inputs, logits):  # fixed output length: the EOS decision never fires
-        logits = logits.clone()
-        logits[..., eos] = float("-inf")
-        return logits
-
-    model.ar_predict_layer.register_forward_hook(eos_off)
+    timing.eos_off(model.eos_id, model.ar_predict_layer)
     return model
 
 
@@ -99,11 +53,6 @@ def make_inputs(
     return tuple(t.to(device) for t in (text, text_lens, prompt, prompt_lens))
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_case(
     model: VALLE, inputs: tuple, frames: int, use_kv_cache: bool, device: torch.device
 ) -> dict:
@@ -112,54 +61,41 @@ def run_case(
     nar = generation.nar_generate
 
     def timed_nar(*a, **k):
-        sync(device)
-        start = time.perf_counter()
-        out = nar(*a, **k)
-        sync(device)
-        nar_seconds[0] += time.perf_counter() - start
+        out, seconds = timing.timed(lambda: nar(*a, **k), device)
+        nar_seconds[0] += seconds
         return out
 
     generation.nar_generate = timed_nar
     try:
-        with PeakMemory(device) as mem:
-            sync(device)
-            start = time.perf_counter()
-            result = model.generate(*inputs, max_new_frames=frames, use_kv_cache=use_kv_cache)
-            sync(device)
-            total = time.perf_counter() - start
+        with timing.PeakMemory(device) as mem:
+            result, total = timing.timed(
+                lambda: model.generate(*inputs, max_new_frames=frames, use_kv_cache=use_kv_cache),
+                device,
+            )
     finally:
         generation.nar_generate = nar
     generated = sum(len(c) for c in result.codes)
     assert generated == frames * inputs[0].shape[0], "EOS forced off: every item must hit the cap"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return dict(
-        total=total, ar=total - nar_seconds[0], frames=generated, peak=mem.peak_bytes, load=load
-    )
-
-
-def combine(runs: list[dict]) -> dict:
-    """8 x batch 1: times and frames add up, memory is the largest single peak."""
-    return dict(
-        total=sum(r["total"] for r in runs),
-        ar=sum(r["ar"] for r in runs),
-        frames=sum(r["frames"] for r in runs),
-        peak=max(r["peak"] for r in runs),
-        load=max(r["load"] for r in runs),
+        total=total,
+        ar=total - nar_seconds[0],
+        frames=generated,
+        peak=mem.peak_bytes,
+        load=timing.load_average(),
     )
 
 
 def row(name: str, seconds: float, batch: int, r: dict) -> str:
+    ar_speed, speed = r["frames"] / r["ar"], r["frames"] / r["total"]
     mib = r["peak"] / 2**20
-    return (
-        f"| {name} | {seconds:g} s | {batch} | {r['ar']:.2f} | {r['frames'] / r['ar']:.1f} | "
-        f"{r['total']:.2f} | {r['frames'] / r['total']:.1f} | {mib:.0f} MiB | {r['load']:.1f} |"
-    )
+    return timing.table_row(
+        name, f"{seconds:g} s", batch, f"{r['ar']:.2f}", f"{ar_speed:.1f}", f"{r['total']:.2f}",
+        f"{speed:.1f}", f"{mib:.0f} MiB", f"{r['load']:.1f}",
+    )  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser = timing.bench_parser(__doc__)
     parser.add_argument("--dim", type=int, default=1024, help="decoder_dim")
     parser.add_argument("--heads", type=int, default=16)
     parser.add_argument("--layers", type=int, default=12)
@@ -170,22 +106,20 @@ def main() -> None:
     parser.add_argument("--cached-seconds", default="10,20", help="cached-only lengths")
     parser.add_argument("--batch-size", type=int, default=8, help="0 = skip the batch cases")
     parser.add_argument("--batch-seconds", type=float, default=5.0, help="batch comparison length")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = parser.parse_args()
 
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = timing.device_of(args)
     compare = [float(s) for s in args.compare_seconds.split(",") if s]
     cached_only = [float(s) for s in args.cached_seconds.split(",") if s]
     model = build_model(args, device)
     n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"# VALL-E decode benchmark: device={device} ({torch.get_num_threads()} threads), "
-        f"dtype={args.dtype}, decoder_dim={args.dim}, heads={args.heads}, layers={args.layers}, "
+    timing.print_header(
+        "VALL-E",
+        device,
+        args.dtype,
+        f"decoder_dim={args.dim}, heads={args.heads}, layers={args.layers}, "
         f"{n_params / 1e6:.0f}M parameters (random), text {args.text_len} phones, "
-        f"prompt {args.prompt_frames} frames, greedy, EOS forced off, torch {torch.__version__}",
-        flush=True,
+        f"prompt {args.prompt_frames} frames",
     )
     frames_of = lambda s: round(s * FRAME_RATE)  # noqa: E731
     one = make_inputs(1, args, device, seed=0)
@@ -221,7 +155,7 @@ def main() -> None:
         batched = run_case(model, make_inputs(n, args, device, seed=1), frames, True, device)
         lines.append(row(f"batch {n} (cached)", args.batch_seconds, n, batched))
         print(lines[-1], flush=True)
-        singles = combine(
+        singles = timing.combine(
             [
                 run_case(model, make_inputs(1, args, device, seed=100 + i), frames, True, device)
                 for i in range(n)
@@ -246,8 +180,7 @@ def main() -> None:
     )
     print(
         "targets: AR cached >= 15x uncached at 5 s; batch 8 >= 3x the throughput of batch 1. "
-        f"Peak mem = {memory_note}. Load = 1-minute load average at the end of the case "
-        f"({os.cpu_count()} CPUs; other jobs on the machine slow every figure)."
+        f"Peak mem = {memory_note}. {timing.load_note()}"
     )
 
 

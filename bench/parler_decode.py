@@ -12,11 +12,10 @@ heads, 9 codebooks) with a small T5 (the text encoder runs once per utterance, n
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
 import torch
 
+from bench import _timing as timing
 from models.tts.parler.generate import generate
 from models.tts.parler.parler import ParlerConfig, ParlerTTS
 
@@ -34,14 +33,7 @@ def build_model(args: argparse.Namespace, device: torch.device) -> ParlerTTS:
     cfg = ParlerConfig(text_encoder=T5_SMALL, prompt_vocab_size=512, num_codebooks=9, **dims)
     torch.manual_seed(0)
     model = ParlerTTS(cfg).to(device=device, dtype=getattr(torch, args.dtype)).eval()
-
-    def eos_off(module, inputs, logits):  # fixed length: the EOS decision never fires
-        logits = logits.clone()
-        logits[..., cfg.eos_token_id] = float("-inf")
-        return logits
-
-    for head in model.decoder["lm_heads"]:
-        head.register_forward_hook(eos_off)
+    timing.eos_off(cfg.eos_token_id, *model.decoder["lm_heads"])
     return model
 
 
@@ -53,27 +45,19 @@ def make_inputs(batch: int, args: argparse.Namespace, device: torch.device, seed
     return tuple(t.to(device) for t in (desc, ones(desc), prompt, ones(prompt)))
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def run_case(model, inputs, steps: int, use_cache: bool, device) -> dict:
-    sync(device)
-    start = time.perf_counter()
-    out = generate(model, *inputs, max_new_tokens=steps, use_cache=use_cache)
-    sync(device)
-    seconds = time.perf_counter() - start
+    out, seconds = timing.timed(
+        lambda: generate(model, *inputs, max_new_tokens=steps, use_cache=use_cache), device
+    )
     frames = sum(r.undelayed.shape[-1] for r in out)
     assert all(r.stop == "cap" for r in out), "EOS forced off: every item must hit the cap"
     return dict(seconds=seconds, frames=frames)
 
 
 def row(name: str, steps: int, batch: int, r: dict) -> str:
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return (
-        f"| {name} | {steps} | {batch} | {r['seconds']:.2f} | {r['frames'] / r['seconds']:.1f} "
-        f"| {load:.1f} |"
+    speed = r["frames"] / r["seconds"]
+    return timing.table_row(
+        name, steps, batch, f"{r['seconds']:.2f}", f"{speed:.1f}", f"{timing.load_average():.1f}"
     )
 
 
@@ -83,10 +67,11 @@ def batch_cases(model, args: argparse.Namespace, device: torch.device, lines: li
     batched = run_case(model, make_inputs(n, args, device, seed=1), steps, True, device)
     lines.append(row(f"batch {n} (cached)", steps, n, batched))
     print(lines[-1], flush=True)
-    singles = [run_case(model, make_inputs(1, args, device, seed=100 + i), steps, True, device)
-               for i in range(n)]  # fmt: skip
-    single = dict(
-        seconds=sum(r["seconds"] for r in singles), frames=sum(r["frames"] for r in singles)
+    single = timing.combine(
+        [
+            run_case(model, make_inputs(1, args, device, seed=100 + i), steps, True, device)
+            for i in range(n)
+        ]  # fmt: skip
     )
     lines.append(row(f"{n} x batch 1 (cached)", steps, 1, single))
     print(lines[-1], flush=True)
@@ -97,32 +82,27 @@ def batch_cases(model, args: argparse.Namespace, device: torch.device, lines: li
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser = timing.bench_parser(__doc__)
     parser.add_argument("--mini", action="store_true", help="Parler-TTS Mini decoder size")
     parser.add_argument("--desc-len", type=int, default=24, help="description tokens")
     parser.add_argument("--prompt-len", type=int, default=40, help="transcript tokens")
     parser.add_argument("--steps", default="100", help="max_new_tokens, cached vs uncached")
     parser.add_argument("--batch-size", type=int, default=8, help="0 = skip the batch cases")
     parser.add_argument("--batch-steps", type=int, default=100, help="steps of the batch cases")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = parser.parse_args()
 
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = timing.device_of(args)
     model = build_model(args, device)
     cfg = model.cfg
     decoder_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith("decoder"))
-    print(
-        f"# Parler-TTS decode benchmark: device={device} ({torch.get_num_threads()} threads), "
-        f"dtype={args.dtype}, decoder {cfg.hidden_size} wide x {cfg.num_hidden_layers} layers, "
+    timing.print_header(
+        "Parler-TTS",
+        device,
+        args.dtype,
+        f"decoder {cfg.hidden_size} wide x {cfg.num_hidden_layers} layers, "
         f"{cfg.num_attention_heads} heads, {cfg.num_codebooks} codebooks, "
         f"{decoder_params / 1e6:.0f}M decoder parameters (random), description "
-        f"{args.desc_len} / transcript {args.prompt_len} tokens, greedy, EOS forced off, "
-        f"torch {torch.__version__}",
-        flush=True,
+        f"{args.desc_len} / transcript {args.prompt_len} tokens",
     )
     one = make_inputs(1, args, device, seed=0)
     run_case(model, one, 12, True, device)  # warm-up
@@ -147,10 +127,7 @@ def main() -> None:
     print("\n" + "\n".join(lines) + "\n")
     for r in ratios:
         print(r)
-    print(
-        f"load = 1-minute load average at the end of the case ({os.cpu_count()} CPUs; other jobs "
-        "on the machine slow every figure)."
-    )
+    print(timing.load_note())
 
 
 if __name__ == "__main__":

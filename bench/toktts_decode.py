@@ -12,12 +12,10 @@ sequence every step (``generate(..., use_kv_cache=False)``). Peak memory as in b
 from __future__ import annotations
 
 import argparse
-import os
-import time
 
 import torch
 
-from bench.ar_decode import PeakMemory, sync
+from bench import _timing as timing
 from models.tts.toktts.decode import generate
 from models.tts.toktts.model import TokTTS, TokTTSConfig
 
@@ -33,13 +31,7 @@ def build_model(args: argparse.Namespace, device: torch.device) -> TokTTS:
         max_audio_seconds=args.seconds,
     )
     model = TokTTS(cfg).to(device=device, dtype=getattr(torch, args.dtype)).eval()
-
-    def eos_off(module, inputs, logits):  # fixed output length: EOS is never chosen
-        logits = logits.clone()
-        logits[..., cfg.eos_id] = float("-inf")
-        return logits
-
-    model.head.register_forward_hook(eos_off)
+    timing.eos_off(cfg.eos_id, model.head)
     return model
 
 
@@ -49,40 +41,31 @@ def texts(batch: int, args: argparse.Namespace, device: torch.device, seed: int)
 
 
 def run_case(model: TokTTS, rows: list, use_kv_cache: bool, device: torch.device) -> dict:
-    with PeakMemory(device) as mem:
-        sync(device)
-        start = time.perf_counter()
-        result = generate(model, rows, use_kv_cache=use_kv_cache)
-        sync(device)
-        seconds = time.perf_counter() - start
+    with timing.PeakMemory(device) as mem:
+        result, seconds = timing.timed(
+            lambda: generate(model, rows, use_kv_cache=use_kv_cache), device
+        )
     frames = sum(len(c) for c in result.codes)
     assert frames == model.cfg.max_frames * len(rows), "EOS forced off: every item hits the cap"
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return dict(seconds=seconds, frames=frames, peak=mem.peak_bytes, load=load, codes=result.codes)
-
-
-def combine(runs: list[dict]) -> dict:
-    """N x batch 1: times and frames add up, memory is the largest single peak."""
     return dict(
-        seconds=sum(r["seconds"] for r in runs),
-        frames=sum(r["frames"] for r in runs),
-        peak=max(r["peak"] for r in runs),
-        load=max(r["load"] for r in runs),
-        codes=[c for r in runs for c in r["codes"]],
+        seconds=seconds,
+        frames=frames,
+        peak=mem.peak_bytes,
+        load=timing.load_average(),
+        codes=result.codes,
     )
 
 
 def row(name: str, batch: int, r: dict) -> str:
-    return (
-        f"| {name} | {batch} | {r['seconds']:.3f} | {r['frames'] / r['seconds']:.1f} | "
-        f"{2 * r['frames'] / r['seconds']:.1f} | {r['peak'] / 2**20:.0f} MiB | {r['load']:.1f} |"
-    )
+    speed = r["frames"] / r["seconds"]
+    return timing.table_row(
+        name, batch, f"{r['seconds']:.3f}", f"{speed:.1f}", f"{2 * speed:.1f}",
+        f"{r['peak'] / 2**20:.0f} MiB", f"{r['load']:.1f}",
+    )  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser = timing.bench_parser(__doc__)
     parser.add_argument("--dim", type=int, default=128, help="model width (config default 256)")
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--layers", type=int, default=2, help="encoder and decoder layers each")
@@ -90,21 +73,18 @@ def main() -> None:
     parser.add_argument("--text-len", type=int, default=40, help="characters per text")
     parser.add_argument("--seconds", type=float, default=1.0, help="audio per item (75 frames/s)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     args = parser.parse_args()
 
-    device = torch.device(args.device)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    device = timing.device_of(args)
     model = build_model(args, device)
     n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"# TokTTS decode benchmark: device={device} ({torch.get_num_threads()} threads), "
-        f"dtype={args.dtype}, dim={args.dim}, heads={args.heads}, layers={args.layers}+"
-        f"{args.layers}, {n_params / 1e6:.1f}M parameters (random), text {args.text_len} chars, "
-        f"{args.seconds:g} s = {model.cfg.max_tokens} tokens per item, greedy, EOS forced off, "
-        f"torch {torch.__version__}",
-        flush=True,
+    timing.print_header(
+        "TokTTS",
+        device,
+        args.dtype,
+        f"dim={args.dim}, heads={args.heads}, layers={args.layers}+{args.layers}, "
+        f"{n_params / 1e6:.1f}M parameters (random), text {args.text_len} chars, "
+        f"{args.seconds:g} s = {model.cfg.max_tokens} tokens per item",
     )
     one = texts(1, args, device, seed=0)
     warm = TokTTS(model.cfg).to(device=device, dtype=model.head.weight.dtype).eval()
@@ -120,7 +100,7 @@ def main() -> None:
     n = args.batch_size
     many = [texts(1, args, device, seed=100 + i)[0] for i in range(n)]
     batched = run_case(model, many, True, device)
-    singles = combine([run_case(model, [r], True, device) for r in many])
+    singles = timing.combine([run_case(model, [r], True, device) for r in many])
     lines += [
         row("cached", 1, cached),
         row("recompute (reference)", 1, recompute),
@@ -137,8 +117,7 @@ def main() -> None:
     print(f"codes equal: cached == recompute {same}, batch {n} == {n} x batch 1 {same_b}")
     print(
         "Peak mem: CUDA max_memory_allocated, or RSS growth over the level before each case "
-        f"(CPU). Load = 1-minute load average at the end of the case ({os.cpu_count()} CPUs; "
-        "other jobs on the machine slow every figure)."
+        f"(CPU). {timing.load_note()}"
     )
 
 

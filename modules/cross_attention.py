@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from modules.transformer import KVCache, LayerNorm, MultiheadSelfAttention
+from modules.transformer import HeadedAttention, KVCache, LayerNorm, MultiheadSelfAttention
 
 
 @dataclass
@@ -40,15 +40,11 @@ class CrossKV:
         )
 
 
-class MultiheadCrossAttention(nn.Module):
+class MultiheadCrossAttention(HeadedAttention):
     """Queries from the decoder, keys/values from a memory (projected once, see ``project``)."""
 
     def __init__(self, dim: int, nhead: int, dropout: float = 0.0):
-        super().__init__()
-        assert dim % nhead == 0, f"width {dim} is not divisible by {nhead} heads"
-        self.nhead = nhead
-        self.head_dim = dim // nhead
-        self.dropout = dropout
+        super().__init__(dim, nhead, dropout)
         self.q_proj = nn.Linear(dim, dim)
         self.kv_proj = nn.Linear(dim, 2 * dim)
         self.out_proj = nn.Linear(dim, dim)
@@ -64,16 +60,9 @@ class MultiheadCrossAttention(nn.Module):
         self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_ok: torch.Tensor
     ) -> torch.Tensor:
         """x (B, L, D), k/v (B, H, S, hd), key_ok (B, S) -> (B, L, D)."""
-        B, L, D = x.shape
+        B, L, _ = x.shape
         q = self.q_proj(x).view(B, L, self.nhead, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=key_ok[:, None, None, :],
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, H, L, hd)
-        return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
+        return self.attend(q, k, v, key_ok[:, None, None, :])
 
 
 class CrossAttentionDecoderLayer(nn.Module):

@@ -67,8 +67,13 @@ class KVCache:
         self.values = [None if v is None else v.index_select(0, rows) for v in self.values]
 
 
-class MultiheadSelfAttention(nn.Module):
-    """torch.nn.MultiheadAttention's parameters (packed q/k/v projection), SDPA compute."""
+class HeadedAttention(nn.Module):
+    """What self- and cross-attention share: the head split, and SDPA + head merge + out_proj.
+
+    Subclasses create their own projections (``out_proj`` included) in their own order, so each
+    keeps its parameter initialisation (and random-number use) unchanged."""
+
+    out_proj: nn.Linear
 
     def __init__(self, dim: int, nhead: int, dropout: float = 0.0):
         super().__init__()
@@ -76,6 +81,23 @@ class MultiheadSelfAttention(nn.Module):
         self.nhead = nhead
         self.head_dim = dim // nhead
         self.dropout = dropout
+
+    def attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        """q (B, H, L, hd), k/v (B, H, S, hd), attn_mask bool (True = may attend) -> (B, L, D)."""
+        B, H, L, hd = q.shape
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )  # (B, H, L, hd)
+        return self.out_proj(out.transpose(1, 2).reshape(B, L, H * hd))
+
+
+class MultiheadSelfAttention(HeadedAttention):
+    """torch.nn.MultiheadAttention's parameters (packed q/k/v projection), SDPA compute."""
+
+    def __init__(self, dim: int, nhead: int, dropout: float = 0.0):
+        super().__init__(dim, nhead, dropout)
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
@@ -92,15 +114,12 @@ class MultiheadSelfAttention(nn.Module):
         layer_index: int = 0,
     ) -> torch.Tensor:
         """x (B, L, D); attn_mask bool, broadcastable to (B, H, L, L_keys), True = may attend."""
-        B, L, D = x.shape
+        B, L, _ = x.shape
         qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # (B, L, 3D)
         q, k, v = qkv.view(B, L, 3, self.nhead, self.head_dim).permute(2, 0, 3, 1, 4)
         if cache is not None:
             k, v = cache.write(layer_index, k, v)  # (B, H, L_keys, hd)
-        out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
-        )  # (B, H, L, hd)
-        return self.out_proj(out.transpose(1, 2).reshape(B, L, D))
+        return self.attend(q, k, v, attn_mask)
 
 
 class LayerNorm(nn.LayerNorm):

@@ -1,4 +1,4 @@
-"""Typed json5 configuration: `base_config` inheritance, deep merge, strict validation.
+"""The VALL-E recipe's typed json5 configuration: the sections, their rules, `load_config`.
 
 A config file is json5. It may name a `base_config`; that path is looked up relative to the file
 that names it first and then, for Amphion compatibility (`"base_config": "config/valle.json"`),
@@ -12,31 +12,61 @@ leaf keys. The merged tree is then checked against the dataclasses below:
 Relative *paths inside* a config (`processed_dir`, `log_dir`, `dataset_path.*`, ...) are resolved
 relative to the repository root by `resolve_path`, never relative to the current directory, so a
 recipe behaves the same from any working directory.
+
+The recipe-agnostic machinery (json5 reading, merging, typing, `check`, `build`) is
+`utils/config_loader.py`; its names are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import logging
 import os
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import json5
+from utils.config_loader import (
+    REPO_ROOT,
+    ConfigError,
+    build,
+    check,
+    config_to_dict,
+    found_name,
+    load_raw_config,
+    merge_tree,
+    read_json5,
+    resolve_path,
+    save_config,
+)
 
-from utils.fileio import atomic_write_text
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 log = logging.getLogger("config")
 
-
-class ConfigError(ValueError):
-    """A config file is wrong; the message names the file and the key."""
+__all__ = [
+    "REPO_ROOT",
+    "ConfigError",
+    "check",
+    "config_to_dict",
+    "load_raw_config",
+    "read_json5",
+    "resolve_path",
+    "save_config",
+    "PreprocessConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "InferenceConfig",
+    "EvaluationConfig",
+    "Config",
+    "SECTIONS",
+    "IGNORED",
+    "FIXED",
+    "ASR_BACKENDS",
+    "SIM_BACKENDS",
+    "MOS_BACKENDS",
+    "load_config",
+    "config_from_dict",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -79,24 +109,24 @@ class PreprocessConfig:
     split_seed: int = 42  # seed of the held-out split
 
     def validate(self) -> None:
-        _check(self.min_duration >= 0, "min_duration", "must be >= 0")
-        _check(
+        check(self.min_duration >= 0, "min_duration", "must be >= 0")
+        check(
             self.max_duration > self.min_duration,
             "max_duration",
             f"must be greater than min_duration ({self.max_duration} <= {self.min_duration})",
         )
-        _check(
+        check(
             self.codec_bandwidth in (1.5, 3.0, 6.0, 12.0, 24.0),
             "codec_bandwidth",
             "must be one of 1.5, 3.0, 6.0, 12.0, 24.0 (EnCodec 24 kHz bandwidths)",
         )
-        _check(self.num_workers >= 1, "num_workers", "must be >= 1")
-        _check(self.codec_batch_seconds > 0, "codec_batch_seconds", "must be positive")
-        _check(self.codec_init_seconds > 0, "codec_init_seconds", "must be positive")
-        _check(self.shard_size >= 1, "shard_size", "must be >= 1")
+        check(self.num_workers >= 1, "num_workers", "must be >= 1")
+        check(self.codec_batch_seconds > 0, "codec_batch_seconds", "must be positive")
+        check(self.codec_init_seconds > 0, "codec_init_seconds", "must be positive")
+        check(self.shard_size >= 1, "shard_size", "must be >= 1")
         for key in ("valid_fraction", "test_fraction"):
-            _check(0.0 <= getattr(self, key) < 1.0, key, "must be in [0, 1)")
-        _check(
+            check(0.0 <= getattr(self, key) < 1.0, key, "must be in [0, 1)")
+        check(
             self.valid_fraction + self.test_fraction < 1.0,
             "test_fraction",
             "valid_fraction + test_fraction must be < 1",
@@ -121,29 +151,29 @@ class ModelConfig:
     ar_loss_ignore_padding: bool = False  # true: AR loss skips padded frames (Amphion counts them)
 
     def validate(self) -> None:
-        _check(self.decoder_dim > 0, "decoder_dim", "must be positive")
-        _check(self.nhead > 0, "nhead", "must be positive")
-        _check(
+        check(self.decoder_dim > 0, "decoder_dim", "must be positive")
+        check(self.nhead > 0, "nhead", "must be positive")
+        check(
             self.decoder_dim % self.nhead == 0,
             "nhead",
             f"decoder_dim ({self.decoder_dim}) must be divisible by nhead ({self.nhead})",
         )
         nar_dim = int(self.decoder_dim * self.nar_scale_factor)
-        _check(
+        check(
             nar_dim > 0 and nar_dim % self.nhead == 0,
             "nar_scale_factor",
             f"decoder_dim * nar_scale_factor ({nar_dim}) must be a positive multiple of nhead",
         )
-        _check(self.num_decoder_layers > 0, "num_decoder_layers", "must be positive")
-        _check(self.prefix_mode in (0, 1, 2, 4), "prefix_mode", "must be one of 0, 1, 2, 4")
-        _check(self.num_quantizers >= 1, "num_quantizers", "must be >= 1")
-        _check(self.text_token_num > 0, "text_token_num", "must be positive")
-        _check(
+        check(self.num_decoder_layers > 0, "num_decoder_layers", "must be positive")
+        check(self.prefix_mode in (0, 1, 2, 4), "prefix_mode", "must be one of 0, 1, 2, 4")
+        check(self.num_quantizers >= 1, "num_quantizers", "must be >= 1")
+        check(self.text_token_num > 0, "text_token_num", "must be positive")
+        check(
             self.audio_token_num >= 1024,
             "audio_token_num",
             "must be >= 1024 (EnCodec codes are in [0, 1024); EOS is audio_token_num)",
         )
-        _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
 
 
 @dataclass
@@ -181,32 +211,32 @@ class TrainConfig:
     check_largest_batch: bool = True  # CUDA: try the largest batch (+ AdamW state) before training
 
     def validate(self) -> None:
-        _check(self.train_stage in (0, 1, 2), "train_stage", "must be 0 (both), 1 (AR) or 2 (NAR)")
-        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        _check(self.max_tokens >= 1, "max_tokens", "must be >= 1")
-        _check(self.max_sentences >= 1, "max_sentences", "must be >= 1")
-        _check(self.max_epoch >= 0 and self.max_steps >= 0, "max_epoch", "must be >= 0")
-        _check(self.max_epoch > 0 or self.max_steps > 0, "max_steps", "max_epoch or max_steps > 0")
-        _check(self.scheduler in ("cosine", "constant"), "scheduler", "'cosine' or 'constant'")
-        _check(self.base_lr > 0, "base_lr", "must be positive")
-        _check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
-        _check(
+        check(self.train_stage in (0, 1, 2), "train_stage", "must be 0 (both), 1 (AR) or 2 (NAR)")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.max_tokens >= 1, "max_tokens", "must be >= 1")
+        check(self.max_sentences >= 1, "max_sentences", "must be >= 1")
+        check(self.max_epoch >= 0 and self.max_steps >= 0, "max_epoch", "must be >= 0")
+        check(self.max_epoch > 0 or self.max_steps > 0, "max_steps", "max_epoch or max_steps > 0")
+        check(self.scheduler in ("cosine", "constant"), "scheduler", "'cosine' or 'constant'")
+        check(self.base_lr > 0, "base_lr", "must be positive")
+        check(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        check(
             self.total_training_steps > self.warmup_steps or self.scheduler == "constant",
             "total_training_steps",
             "must be greater than warmup_steps",
         )
-        _check(len(self.adam_betas) == 2, "adam_betas", "must be two numbers [beta1, beta2]")
-        _check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
-        _check(self.gradient_accumulation_step >= 1, "gradient_accumulation_step", "must be >= 1")
-        _check(
+        check(len(self.adam_betas) == 2, "adam_betas", "must be two numbers [beta1, beta2]")
+        check(self.grad_clip >= 0, "grad_clip", "must be >= 0")
+        check(self.gradient_accumulation_step >= 1, "gradient_accumulation_step", "must be >= 1")
+        check(
             self.mixed_precision in ("no", "fp16", "bf16"),
             "mixed_precision",
             "must be 'no', 'fp16' or 'bf16'",
         )
-        _check(self.keep_last >= 1, "keep_last", "must be >= 1")
-        _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1")
-        _check(self.nar_prompt_seconds > 0, "nar_prompt_seconds", "must be positive")
-        _check(self.valid_interval >= 0 and self.save_interval >= 0, "valid_interval", ">= 0")
+        check(self.keep_last >= 1, "keep_last", "must be >= 1")
+        check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1")
+        check(self.nar_prompt_seconds > 0, "nar_prompt_seconds", "must be positive")
+        check(self.valid_interval >= 0 and self.save_interval >= 0, "valid_interval", ">= 0")
 
 
 @dataclass
@@ -228,15 +258,15 @@ class InferenceConfig:
     checkpoint: str = "latest"  # which checkpoint of an experiment: "latest" or "best"
 
     def validate(self) -> None:
-        _check(self.top_k >= 1, "top_k", "must be >= 1 (1 = greedy)")
-        _check(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
-        _check(self.temperature > 0, "temperature", "must be positive")
-        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        _check(self.max_frames_per_phone > 0, "max_frames_per_phone", "must be positive")
-        _check(self.max_frames >= 0 and self.max_seconds >= 0, "max_frames", "must be >= 0")
-        _check(self.min_frames >= 1, "min_frames", "must be >= 1")
-        _check(self.max_prompt_seconds > 0, "max_prompt_seconds", "must be positive")
-        _check(self.checkpoint in ("latest", "best"), "checkpoint", "'latest' or 'best'")
+        check(self.top_k >= 1, "top_k", "must be >= 1 (1 = greedy)")
+        check(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
+        check(self.temperature > 0, "temperature", "must be positive")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.max_frames_per_phone > 0, "max_frames_per_phone", "must be positive")
+        check(self.max_frames >= 0 and self.max_seconds >= 0, "max_frames", "must be >= 0")
+        check(self.min_frames >= 1, "min_frames", "must be >= 1")
+        check(self.max_prompt_seconds > 0, "max_prompt_seconds", "must be positive")
+        check(self.checkpoint in ("latest", "best"), "checkpoint", "'latest' or 'best'")
 
 
 @dataclass
@@ -253,12 +283,12 @@ class EvaluationConfig:
     listen_max_seconds: float = 4.0  # training: cap on each listening sample's generated seconds
 
     def validate(self) -> None:
-        _check(self.asr in ASR_BACKENDS, "asr", f"must be one of {', '.join(ASR_BACKENDS)}")
-        _check(self.sim in SIM_BACKENDS, "sim", f"must be one of {', '.join(SIM_BACKENDS)}")
-        _check(self.mos in MOS_BACKENDS, "mos", f"must be one of {', '.join(MOS_BACKENDS)}")
-        _check(self.batch_size >= 1, "batch_size", "must be >= 1")
-        _check(self.listen_utterances >= 0, "listen_utterances", "must be >= 0 (0 = off)")
-        _check(self.listen_max_seconds > 0, "listen_max_seconds", "must be positive")
+        check(self.asr in ASR_BACKENDS, "asr", f"must be one of {', '.join(ASR_BACKENDS)}")
+        check(self.sim in SIM_BACKENDS, "sim", f"must be one of {', '.join(SIM_BACKENDS)}")
+        check(self.mos in MOS_BACKENDS, "mos", f"must be one of {', '.join(MOS_BACKENDS)}")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.listen_utterances >= 0, "listen_utterances", "must be >= 0 (0 = off)")
+        check(self.listen_max_seconds > 0, "listen_max_seconds", "must be positive")
 
 
 ASR_BACKENDS = ("whisper", "hubert", "pocketsphinx")
@@ -280,10 +310,10 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def validate(self) -> None:
-        _check(len(self.dataset) > 0, "dataset", "name at least one corpus")
+        check(len(self.dataset) > 0, "dataset", "name at least one corpus")
         known = ("libritts", "ljspeech", "custom")
         for name in self.dataset:
-            _check(
+            check(
                 name in known or name.startswith("custom"),
                 "dataset",
                 f"unknown corpus {name!r}; use one of {known} (or 'custom_<name>')",
@@ -328,151 +358,13 @@ FIXED = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# Loading
-# --------------------------------------------------------------------------------------------
-
-
-class _Rule(Exception):
-    def __init__(self, key: str, message: str):
-        super().__init__(message)
-        self.key = key
-
-
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise _Rule(key, message)
-
-
-def read_json5(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from None
-    try:
-        data = json5.loads(text)
-    except ValueError as e:
-        raise ConfigError(f"{path}: not valid json5: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be an object {{...}}")
-    return data
-
-
-def _find_base(base: str, declaring_file: Path) -> Path:
-    candidates = [declaring_file.parent / base, REPO_ROOT / base]
-    if Path(base).is_absolute():
-        candidates = [Path(base)]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.resolve()
-    tried = ", ".join(str(c) for c in candidates)
-    raise ConfigError(f"{declaring_file}: base_config {base!r} not found (looked at {tried})")
-
-
-def _merge(dst: dict, src: dict, origin: dict, src_file: Path, prefix: tuple = ()) -> None:
-    """Deep-merge src into dst; origin[(key path)] = file that set that key last."""
-    for key, value in src.items():
-        path = prefix + (key,)
-        if isinstance(value, dict) and isinstance(dst.get(key), dict):
-            _merge(dst[key], value, origin, src_file, path)
-        else:
-            dst[key] = json.loads(json.dumps(value)) if isinstance(value, dict | list) else value
-            origin[path] = src_file
-            if isinstance(value, dict):
-                for sub in _leaf_paths(value, path):
-                    origin[sub] = src_file
-
-
-def _leaf_paths(tree: dict, prefix: tuple) -> list[tuple]:
-    out = []
-    for key, value in tree.items():
-        out.append(prefix + (key,))
-        if isinstance(value, dict):
-            out.extend(_leaf_paths(value, prefix + (key,)))
-    return out
-
-
-def load_raw_config(path: str | os.PathLike) -> tuple[dict, dict, list[Path]]:
-    """Merged (not yet validated) tree, the key -> file origin map, and the files read."""
-    chain: list[Path] = []
-    current = Path(path).resolve()
-    if not current.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    while True:
-        if current in chain:
-            cycle = " -> ".join(str(p) for p in chain + [current])
-            raise ConfigError(f"base_config cycle: {cycle}")
-        chain.append(current)
-        base = read_json5(current).get("base_config")
-        if base is None:
-            break
-        if not isinstance(base, str):
-            raise ConfigError(f"{current}: base_config must be a string path")
-        current = _find_base(base, current)
-    merged: dict = {}
-    origin: dict = {}
-    for file in reversed(chain):
-        data = read_json5(file)
-        data.pop("base_config", None)
-        _merge(merged, data, origin, file)
-    return merged, origin, chain
-
-
-def _type_name(tp: Any) -> str:
-    if isinstance(tp, type):
-        return {"str": "string", "int": "integer", "float": "number", "bool": "boolean"}.get(
-            tp.__name__, tp.__name__
-        )
-    return str(tp).replace("typing.", "")
-
-
-def _found_name(value: Any) -> str:
-    names = {bool: "boolean", int: "integer", float: "number", str: "string"}
-    names.update({list: "list", dict: "object", type(None): "null"})
-    return f"{names.get(type(value), type(value).__name__)} {json.dumps(value)[:60]}"
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Return value checked against tp (ints are accepted for floats; nothing else converts)."""
-    origin_tp = typing.get_origin(tp)
-    if origin_tp in (typing.Union, types.UnionType):
-        errors = []
-        for option in typing.get_args(tp):
-            try:
-                return _coerce(value, option, where)
-            except TypeError as e:
-                errors.append(str(e))
-        raise TypeError(f"expected {_type_name(tp)}, found {_found_name(value)}")
-    if tp is type(None):
-        if value is None:
-            return None
-        raise TypeError(f"expected null, found {_found_name(value)}")
-    if origin_tp is list:
-        if not isinstance(value, list):
-            raise TypeError(f"expected {_type_name(tp)}, found {_found_name(value)}")
-        (item_tp,) = typing.get_args(tp)
-        return [_coerce(v, item_tp, where) for v in value]
-    if origin_tp is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"expected {_type_name(tp)}, found {_found_name(value)}")
-        key_tp, val_tp = typing.get_args(tp)
-        return {_coerce(k, key_tp, where): _coerce(v, val_tp, where) for k, v in value.items()}
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is bool and isinstance(value, bool):
-        return value
-    if tp in (int, str, float) and isinstance(value, tp) and not isinstance(value, bool):
-        return value
-    raise TypeError(f"expected {_type_name(tp)}, found {_found_name(value)}")
-
-
 def _same(value: Any, required: Any) -> bool:
     if isinstance(value, str) and isinstance(required, str):
         return value.lower() == required.lower()
     return value == required
 
 
-def _amphion_keys(obj: Any, tree: dict, origin: dict, prefix: tuple, default_file: Path) -> None:
+def _amphion_keys(obj: Any, tree: dict, prefix: tuple, origin: dict, default_file: Path) -> None:
     """FIXED keys set to another value fail; IGNORED keys set to another value warn."""
     defaults = {f.name: f.default for f in dataclasses.fields(obj)}
     for key, value in tree.items():
@@ -482,7 +374,7 @@ def _amphion_keys(obj: Any, tree: dict, origin: dict, prefix: tuple, default_fil
             required, why = FIXED[dotted]
             raise ConfigError(
                 f"{file}: key '{dotted}': must be {json.dumps(required)} ({why}), "
-                f"found {_found_name(value)}"
+                f"found {found_name(value)}"
             )
         if dotted in IGNORED and getattr(obj, key) != defaults[key]:
             log.warning(
@@ -490,71 +382,14 @@ def _amphion_keys(obj: Any, tree: dict, origin: dict, prefix: tuple, default_fil
             )
 
 
-def _build(cls: type, tree: dict, origin: dict, prefix: tuple, default_file: Path) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in tree.items():
-        path = prefix + (key,)
-        file = origin.get(path, default_file)
-        dotted = ".".join(path)
-        if key not in names:
-            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
-            hint = f" (did you mean {close[0]}?)" if close else ""
-            valid = ", ".join(names)
-            raise ConfigError(f"{file}: unknown key '{dotted}'{hint}. Valid keys here: {valid}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            if not isinstance(value, dict):
-                raise ConfigError(
-                    f"{file}: key '{dotted}': expected an object, found {_found_name(value)}"
-                )
-            kwargs[key] = _build(tp, value, origin, path, default_file)
-            continue
-        try:
-            kwargs[key] = _coerce(value, tp, dotted)
-        except TypeError as e:
-            raise ConfigError(f"{file}: key '{dotted}': {e}") from None
-    obj = cls(**kwargs)
-    _amphion_keys(obj, tree, origin, prefix, default_file)
-    if hasattr(obj, "validate"):
-        try:
-            obj.validate()
-        except _Rule as rule:
-            path = prefix + (rule.key,)
-            file = origin.get(path, default_file)
-            raise ConfigError(f"{file}: key '{'.'.join(path)}': {rule}") from None
-    return obj
-
-
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Config:
     """Load, merge and validate a json5 config (and optional nested overrides, e.g. from CLI)."""
     tree, origin, chain = load_raw_config(path)
     if overrides:
-        _merge(tree, overrides, origin, Path("<command line>"))
-    return _build(Config, tree, origin, (), chain[0])
-
-
-def config_to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def save_config(cfg: Config, path: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write the fully resolved config as JSON, atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = config_to_dict(cfg)
-    if extra:
-        data.update(extra)
-    return atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+        merge_tree(tree, overrides, origin, Path("<command line>"))
+    return build(Config, tree, chain[0], origin, key_rules=_amphion_keys)
 
 
 def config_from_dict(data: dict, source: str = "<dict>") -> Config:
     """Validate an already-merged dict (e.g. a saved resolved config) into a Config."""
-    return _build(Config, data, {}, (), Path(source))
-
-
-def resolve_path(path: str | os.PathLike) -> Path:
-    """A path from a config: absolute as given, relative ones relative to the repository root."""
-    path = Path(os.path.expanduser(str(path)))
-    return path if path.is_absolute() else (REPO_ROOT / path)
+    return build(Config, data, source, key_rules=_amphion_keys)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from bins.tts.inference import str2bool
+from bins.tts._cli import run_reporting, str2bool
 from evaluation.backends import BackendError, load_backend
 from evaluation.scoring import EvaluationError, Scorer, read_results, score_all
 from evaluation.summary import summarise, write_summary, write_tensorboard
@@ -110,15 +110,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    try:
-        return run(args)
-    except (EvaluationError, BackendError, ConfigError, InferenceError, CheckpointError) as e:
-        log.error("%s", e)
-        return 1
+    expected = (EvaluationError, BackendError, ConfigError, InferenceError, CheckpointError)
+    return run_reporting(run, parse_args(argv), expected, log)
 
 
 if __name__ == "__main__":

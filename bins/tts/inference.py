@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from bins.tts._cli import run_reporting, str2bool
 from models.base.inference import Failure, InferenceError, claim_run_dir, safe_name, synthesize
 from models.tts.valle.inference import (
     ModelSource,
@@ -46,14 +47,6 @@ RANDOM_CODEC_WARNING = (
     "!!! The codec is RANDOM-INIT (preprocess.codec_pretrained = false): the audio written by "
     "this run is MEANINGLESS noise, only useful to test the pipeline. !!!"
 )
-
-
-def str2bool(value: str) -> bool:
-    if value.lower() in ("true", "1", "yes"):
-        return True
-    if value.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {value!r}")
 
 
 # Command-line options that override the config's inference section, and their types.
@@ -172,15 +165,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
-    )
-    try:
-        return run(args)
-    except (InferenceError, ConfigError, CheckpointError) as e:
-        log.error("%s", e)
-        return 1
+    return run_reporting(run, parse_args(argv), (InferenceError, ConfigError, CheckpointError), log)
 
 
 if __name__ == "__main__":

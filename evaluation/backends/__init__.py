@@ -48,14 +48,21 @@ def pkg(name: str) -> str:
     return f"{name} {package_version(name)}"
 
 
-def load_pretrained(kind: str, backend: str, model: str, loaders: list) -> list:
-    """`from_pretrained(model)` of each loader; a failure becomes a BackendError that says where
-    the model was looked for and which offline backend works without it."""
+def load_transformers(
+    kind: str, backend: str, model: str, loaders: tuple, device, dtype=None
+) -> tuple[object, object, str]:
+    """A transformers (processor, network) pair from a hub id or a local folder: `loaders` =
+    (processor class, model class), each `from_pretrained(model)`; the network moved to
+    `device` (and `dtype`) in eval mode; plus the version string written beside the numbers.
+
+    A failure becomes a BackendError that says where the model was looked for and which offline
+    backend works without it."""
+    processor_cls, model_cls = loaders
     local = Path(os.path.expanduser(model))
+    source = str(local) if local.exists() else model
     try:
-        return [
-            loader.from_pretrained(str(local) if local.exists() else model) for loader in loaders
-        ]
+        processor = processor_cls.from_pretrained(source)
+        network = model_cls.from_pretrained(source)
     except Exception as e:  # OSError offline / missing files, ValueError bad config, ...
         from huggingface_hub.constants import HF_HUB_CACHE
 
@@ -71,3 +78,34 @@ def load_pretrained(kind: str, backend: str, model: str, loaders: list) -> list:
             f"{model} --local-dir DIR), copy DIR here and pass its path as the model, or use the "
             f"offline backend: {OPTION[kind]} {OFFLINE[kind]}"
         ) from None
+    network.to(device=device, dtype=dtype).eval()
+    return processor, network, f"{pkg('transformers')} {model}"
+
+
+class TransformersBackend:
+    """A backend over one transformers (processor, model) pair, named in the subclass:
+    `kind` ("asr", "sim"), `name`, `default` (hub id), `loaders` (the two transformers class
+    names) and `half_on_cuda` (fp16 on a GPU, fp32 elsewhere; otherwise the dtype as loaded).
+    `load(model, device)` is the module's `load`."""
+
+    kind: str
+    name: str
+    default: str
+    loaders: tuple[str, str]
+    half_on_cuda = False
+
+    def __init__(self, model: str, device: str):
+        import torch
+        import transformers
+
+        self.device = torch.device(device)
+        half = self.device.type == "cuda"
+        self.dtype = (torch.float16 if half else torch.float32) if self.half_on_cuda else None
+        loaders = tuple(getattr(transformers, n) for n in self.loaders)
+        self.processor, self.model, self.version = load_transformers(
+            self.kind, self.name, model, loaders, self.device, self.dtype
+        )
+
+    @classmethod
+    def load(cls, model: str = "", device: str = "cpu") -> TransformersBackend:
+        return cls(model or cls.default, device)

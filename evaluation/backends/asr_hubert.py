@@ -7,23 +7,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.backends import load_pretrained, pkg
-
-DEFAULT = "facebook/hubert-large-ls960-ft"
+from evaluation.backends import TransformersBackend
 
 
-class HubertCTC:
-    name = "hubert"
-
-    def __init__(self, model: str, device: str):
-        from transformers import HubertForCTC, Wav2Vec2Processor
-
-        self.processor, self.model = load_pretrained(
-            "asr", "hubert", model, [Wav2Vec2Processor, HubertForCTC]
-        )
-        self.device = torch.device(device)
-        self.model.to(self.device).eval()
-        self.version = f"{pkg('transformers')} {model}"
+class HubertCTC(TransformersBackend):
+    kind, name, default = "asr", "hubert", "facebook/hubert-large-ls960-ft"
+    loaders = ("Wav2Vec2Processor", "HubertForCTC")
 
     @torch.inference_mode()
     def transcribe(self, wavs: list[np.ndarray]) -> list[str]:
@@ -39,5 +28,4 @@ class HubertCTC:
         return [self.processor.decode(row[: int(n)]).strip() for row, n in pairs]
 
 
-def load(model: str = "", device: str = "cpu") -> HubertCTC:
-    return HubertCTC(model or DEFAULT, device)
+load = HubertCTC.load

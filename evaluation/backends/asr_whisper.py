@@ -7,24 +7,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.backends import load_pretrained, pkg
-
-DEFAULT = "openai/whisper-large-v3"
+from evaluation.backends import TransformersBackend
 
 
-class Whisper:
-    name = "whisper"
+class Whisper(TransformersBackend):
+    kind, name, default = "asr", "whisper", "openai/whisper-large-v3"
+    loaders = ("WhisperProcessor", "WhisperForConditionalGeneration")
+    half_on_cuda = True
 
     def __init__(self, model: str, device: str):
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-        self.processor, self.model = load_pretrained(
-            "asr", "whisper", model, [WhisperProcessor, WhisperForConditionalGeneration]
-        )
-        self.device = torch.device(device)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        self.model.to(self.device, self.dtype).eval()
-        self.version = f"{pkg('transformers')} {model}"
+        super().__init__(model, device)
         # A multilingual checkpoint is told the language; a model without language tokens is not.
         gen = self.model.generation_config
         self.generate_kwargs = (
@@ -39,5 +31,4 @@ class Whisper:
         return [t.strip() for t in self.processor.batch_decode(ids, skip_special_tokens=True)]
 
 
-def load(model: str = "", device: str = "cpu") -> Whisper:
-    return Whisper(model or DEFAULT, device)
+load = Whisper.load

@@ -8,33 +8,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from evaluation.backends import load_pretrained, pkg
-
-DEFAULT = "microsoft/wavlm-base-plus-sv"
+from evaluation.backends import TransformersBackend
 
 
-class WavLMSV:
-    name = "wavlm"
-
-    def __init__(self, model: str, device: str):
-        from transformers import AutoFeatureExtractor, WavLMForXVector
-
-        self.extractor, self.model = load_pretrained(
-            "sim", "wavlm", model, [AutoFeatureExtractor, WavLMForXVector]
-        )
-        self.device = torch.device(device)
-        self.model.to(self.device).eval()
-        self.version = f"{pkg('transformers')} {model}"
+class WavLMSV(TransformersBackend):
+    kind, name, default = "sim", "wavlm", "microsoft/wavlm-base-plus-sv"
+    loaders = ("AutoFeatureExtractor", "WavLMForXVector")
 
     @torch.inference_mode()
     def embed(self, wavs: list[np.ndarray]) -> np.ndarray:
         out = []
         for wav in wavs:  # one at a time: padding would change the x-vector statistics
-            inputs = self.extractor(wav, sampling_rate=16000, return_tensors="pt")
+            inputs = self.processor(wav, sampling_rate=16000, return_tensors="pt")
             emb = self.model(inputs.input_values.to(self.device)).embeddings  # (1, D)
             out.append(torch.nn.functional.normalize(emb.float(), dim=-1)[0].cpu().numpy())
         return np.stack(out)
 
 
-def load(model: str = "", device: str = "cpu") -> WavLMSV:
-    return WavLMSV(model or DEFAULT, device)
+load = WavLMSV.load

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from modules.cross_attention import CrossAttentionDecoder, CrossKV
 from modules.embedding import SinePositionalEmbedding, TokenEmbedding
 from modules.transformer import KVCache, TransformerStack
+from utils.config_loader import build, check
 from utils.fileio import atomic_write_text
 
 IGNORE = -100  # target id skipped by the loss (padding)
@@ -132,25 +133,21 @@ class TokTTSConfig:
     max_audio_seconds: float = 2.0  # audio modelled per utterance (the first seconds)
 
     def validate(self) -> None:
-        from utils.config import _check
-
-        _check(self.vocab_size > 1, "vocab_size", "must be > 1 (characters + padding)")
-        _check(self.dim > 0 and self.dim % 2 == 0, "dim", "must be a positive even number")
-        _check(self.nhead > 0 and self.dim % self.nhead == 0, "nhead", "must divide dim")
-        _check(self.encoder_layers > 0, "encoder_layers", "must be positive")
-        _check(self.decoder_layers > 0, "decoder_layers", "must be positive")
-        _check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
-        _check(self.num_codebooks > 0, "num_codebooks", "must be positive")
-        _check(self.codebook_size > 0, "codebook_size", "must be positive")
-        _check(self.frame_rate > 0, "frame_rate", "must be positive")
-        _check(self.max_frames >= 1, "max_audio_seconds", "must give at least one frame")
+        check(self.vocab_size > 1, "vocab_size", "must be > 1 (characters + padding)")
+        check(self.dim > 0 and self.dim % 2 == 0, "dim", "must be a positive even number")
+        check(self.nhead > 0 and self.dim % self.nhead == 0, "nhead", "must divide dim")
+        check(self.encoder_layers > 0, "encoder_layers", "must be positive")
+        check(self.decoder_layers > 0, "decoder_layers", "must be positive")
+        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
+        check(self.num_codebooks > 0, "num_codebooks", "must be positive")
+        check(self.codebook_size > 0, "codebook_size", "must be positive")
+        check(self.frame_rate > 0, "frame_rate", "must be positive")
+        check(self.max_frames >= 1, "max_audio_seconds", "must give at least one frame")
 
     @classmethod
     def from_dict(cls, data: dict, source: str = "<dict>") -> TokTTSConfig:
         """Typed and validated; an unknown key or a wrong type names the key and ``source``."""
-        from utils.config import _build
-
-        return _build(cls, data, {}, (), Path(source))
+        return build(cls, data, source)
 
     def to_dict(self) -> dict:
         return asdict(self)
