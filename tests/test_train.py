@@ -15,7 +15,17 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_fixtures import REPO, make_stage1, read_log, run_training, write_config
+from train_fixtures import (
+    REPO,
+    check_ok,
+    last_weights,
+    make_stage1,
+    read_log,
+    run_training,
+    write_config,
+)
+from train_fixtures import exp_config as config
+from train_fixtures import train_args as args
 
 from models.base import train_state
 from models.tts.valle import trainer
@@ -34,22 +44,6 @@ from utils.config import load_config
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory) -> Path:
     return make_stage1(tmp_path_factory.mktemp("stage1") / "data", n_train=8, n_valid=2)
-
-
-def config(tmp_path: Path, processed: Path, model=None, **train) -> Path:
-    return write_config(tmp_path / "c.json", processed, tmp_path / "exp", model, train)
-
-
-def args(cfg: Path, name: str, *extra: str) -> list[str]:
-    return ["--config", str(cfg), "--exp_name", name, *extra]
-
-
-def last_weights(exp_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(list_checkpoints(exp_dir)[-1] / "model.safetensors"))
-
-
-def check_ok(proc) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
 def test_exact_resume_after_sigterm(tmp_path, processed):

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 from lhotse import CutSet
-from safetensors.torch import load_file
-from train_fixtures import make_stage1, read_log, run_training, write_config
+from train_fixtures import check_ok, last_weights, make_stage1, read_log, run_training, write_config
+from train_fixtures import exp_config as config
+from train_fixtures import train_args as args
 
 from models.base import trainer as engine
 from models.tts.valle import trainer
@@ -27,22 +28,6 @@ TINY = dict(text_token_num=32, decoder_dim=32, nhead=2, num_decoder_layers=1)
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory) -> Path:
     return make_stage1(tmp_path_factory.mktemp("stage1") / "data", n_train=8, n_valid=2)
-
-
-def config(tmp_path: Path, processed: Path, model=None, **train) -> Path:
-    return write_config(tmp_path / "c.json", processed, tmp_path / "exp", model, train)
-
-
-def args(cfg: Path, name: str, *extra: str) -> list[str]:
-    return ["--config", str(cfg), "--exp_name", name, *extra]
-
-
-def check_ok(proc) -> None:
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-
-def last_weights(exp_dir: Path) -> dict[str, torch.Tensor]:
-    return load_file(str(list_checkpoints(exp_dir)[-1] / "model.safetensors"))
 
 
 def test_nar_alphas_stay_fixed_and_bench_trains_the_trainers_parameters(tmp_path, processed):

@@ -109,6 +109,27 @@ def write_config(path: Path, processed_dir: Path, log_dir: Path, model=None, tra
     return path
 
 
+def exp_config(tmp_path: Path, processed: Path, model=None, **train) -> Path:
+    """tmp_path/c.json over `processed`, experiments in tmp_path/exp (`train` keys as kwargs)."""
+    return write_config(tmp_path / "c.json", processed, tmp_path / "exp", model, train)
+
+
+def train_args(cfg: Path, name: str, *extra: str) -> list[str]:
+    return ["--config", str(cfg), "--exp_name", name, *extra]
+
+
+def check_ok(proc) -> None:
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def last_weights(exp_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    from utils.checkpoint import list_checkpoints
+
+    return load_file(str(list_checkpoints(exp_dir)[-1] / "model.safetensors"))
+
+
 def read_log(exp_dir: Path) -> dict[int, dict]:
     """train_log.jsonl as {step: record}; later lines win (a resumed run appends)."""
     records = {}
