@@ -14,11 +14,18 @@ Outputs: OUT/single/<name>.wav or OUT/batch/<name or line number>.wav (24 kHz) a
 OUT/<mode>/results.jsonl (one line per utterance, and one per failure). OUT defaults to DIR/result.
 A later run writes to OUT/<mode>-2, -3, ... unless --overwrite true. In batch mode a bad line is
 reported with its number, the other lines still run, and the exit status is 1.
+
+A batch list is split over --num_workers processes (default: one per visible GPU, 1 without;
+models/base/inference_split.py); the output equals a one-process run line for line. --avg N
+decodes with the mean of the weights of the last N checkpoints (by step, ending at the one
+--checkpoint picks), --avg NAME,NAME,... the listed checkpoint folders' (see
+utils/checkpoint_average.py).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -27,7 +34,8 @@ from pathlib import Path
 import torch
 
 from bins.tts._cli import run_reporting, str2bool
-from models.base.inference import Failure, InferenceError, claim_run_dir, safe_name, synthesize
+from models.base.inference import Failure, InferenceError, claim_run_dir, safe_name
+from models.base.inference_split import synthesize_parallel, worker_devices
 from models.tts.valle.inference import (
     ModelSource,
     Synthesizer,
@@ -74,7 +82,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text", default="", help="single mode: text to speak")
     p.add_argument("--text_prompt", default="", help="single mode: transcript of the prompt")
     p.add_argument("--audio_prompt", type=Path, default=None, help="single mode: prompt audio")
-    p.add_argument("--device", default=None, help="torch device [cuda if available, else cpu]")
+    p.add_argument("--device", default=None, help="every worker's device [visible GPUs, or cpu]")
+    p.add_argument("--num_workers", type=int, default=None, help="batch: processes [GPUs or 1]")
+    p.add_argument("--avg", default="1", help="mean of the last N checkpoints or of NAME,NAME [1]")
     p.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar [true]")
     p.add_argument("--run_dir_file", type=Path, default=None, help="write the run dir's path here")
     # Overrides of the config's inference section (None = keep the config's value).
@@ -109,10 +119,24 @@ def write_run_info(
     """run.json: which weights made this folder (stage 4 finds the codec for SIM-r there), and
     the folder's path in --run_dir_file (how run.sh chains stage 3 into stage 4)."""
     info = {"kind": source.kind, "root": str(source.root), "weights": str(source.weights)}
+    info.update(checkpoints=checkpoint_names(source))
     info.update(config=str(args.config), random_init_codec=random_codec)
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
     if args.run_dir_file is not None:
         atomic_write_text(args.run_dir_file, f"{run_dir.resolve()}\n")
+
+
+def checkpoint_names(source: ModelSource) -> list[str]:
+    """The checkpoint folders whose weights decode (several: their mean, --avg)."""
+    return [str(folder) for folder in source.checkpoints or [source.weights.parent]]
+
+
+def make_synthesizer(
+    source: ModelSource, inf: InferenceConfig, device: torch.device
+) -> Synthesizer:
+    """The model, the codec and the front end on `device` (in each worker process)."""
+    model = load_model(source, device)
+    return Synthesizer(model, source, load_codec(source, device), inf, device)
 
 
 def requests(args: argparse.Namespace, continual: bool) -> tuple[list[Utterance], list[Failure]]:
@@ -139,11 +163,17 @@ def run(args: argparse.Namespace) -> int:
     recipe_cfg = load_config(args.config, overrides={"inference": inference_overrides(args)})
     inf = recipe_cfg.inference
     utts, failures = requests(args, inf.continual)
-    source = find_model_source(args.expt_dir, inf.checkpoint, recipe_cfg)
+    source = find_model_source(args.expt_dir, inf.checkpoint, recipe_cfg, args.avg)
     log.info("model: %s", source.describe())
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(source, device)
-    codec = load_codec(source, device)
+    if len(source.checkpoints) > 1:
+        log.info("weights: the mean of %s", ", ".join(checkpoint_names(source)))
+    devices = worker_devices(args.num_workers if args.mode == "batch" else 1, args.device)
+    if len(devices) == 1 or len(utts) <= 1:  # in this process, loaded before claiming a folder
+        synth = make_synthesizer(source, inf, devices[0])
+        codec, make = synth.codec, lambda device: synth
+    else:  # each worker loads its own copy; the parent's codec only says if it is random-init
+        codec = load_codec(source, "cpu")
+        make = functools.partial(make_synthesizer, source, inf)
     if codec.is_random_init:
         log.warning(RANDOM_CODEC_WARNING)
     log_decoding(inf, args.config)
@@ -151,9 +181,9 @@ def run(args: argparse.Namespace) -> int:
     run_dir = claim_run_dir(output_dir, args.mode, args.overwrite)
     log.info("writing to %s", run_dir)
     write_run_info(run_dir, args, source, codec.is_random_init)
-    synth = Synthesizer(model, source, codec, inf, device)
-    summary = synthesize(synth, utts, run_dir, failures, batch_size=inf.batch_size,
-                         seed=inf.seed, progress=args.progress)  # fmt: skip
+    summary = synthesize_parallel(make, utts, run_dir, failures, devices=devices,
+                                  batch_size=inf.batch_size, seed=inf.seed, progress=args.progress,
+                                  extra={"checkpoints": checkpoint_names(source)})  # fmt: skip
     if codec.is_random_init:
         log.warning(RANDOM_CODEC_WARNING)
     if summary.failures:

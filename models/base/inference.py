@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from utils.audio import save_audio
+from utils.fileio import atomic_write_text
 from utils.seeding import utterance_seed
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ def claim_run_dir(output_dir: Path, mode: str, overwrite: bool) -> Path:
 
 @dataclass
 class Summary:
-    """What one `synthesize` call did."""
+    """What one `synthesize` call (or one worker of `synthesize_parallel`) did."""
 
     records: list[dict] = field(default_factory=list)  # the results.jsonl line of each output
     failures: list[Failure] = field(default_factory=list)  # every failed request
@@ -208,6 +209,7 @@ class Summary:
     timings: dict[str, float] = field(
         default_factory=lambda: {"prepare": 0.0, "generate": 0.0, "decode": 0.0}
     )
+    wall: float = 0.0  # seconds from start to end (a worker's: model loading included)
 
 
 def _prepare(synth: Synthesis, utts: list, summary: Summary) -> list:
@@ -250,6 +252,64 @@ def _run_batch(
     return records, generated - start, wall - (generated - start)
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """How `synthesize` decodes: lines per batch, the run's seed, the progress bar, and fields
+    added to every record (e.g. the checkpoints the weights come from)."""
+
+    batch_size: int
+    seed: int
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+
+def decode_requests(
+    synth: Synthesis, utts: list, run_dir: Path, handle, summary: Summary, how: Decoding,
+    desc: str = "synthesis", position: int = 0,
+) -> None:  # fmt: skip
+    """Synthesise `utts` into run_dir/<name>.wav; append each record to `summary` and, as it is
+    written, to the open file `handle`; failed requests go to summary.failures."""
+    prepared = _prepare(synth, utts, summary)
+    bar = tqdm(total=len(prepared), desc=desc, unit="utt", disable=not how.progress,
+               position=position)  # fmt: skip
+    for batch in batches(prepared, how.batch_size):
+        seeds = [utterance_seed(how.seed, item.utt.name) for item in batch]
+        records, generate_s, decode_s = _run_batch(synth, batch, seeds, run_dir)
+        summary.timings["generate"] += generate_s
+        summary.timings["decode"] += decode_s
+        for record in records:
+            record.update(how.extra)
+            _write_line(handle, record)
+            summary.audio_seconds += record["seconds"]
+            log.info("%s: %d frames (%.2f s, stopped by %s)", record["output"],
+                     record["frames"], record["seconds"], record["stop_reason"])  # fmt: skip
+        summary.records += records
+        bar.update(len(batch))
+    bar.close()
+
+
+def write_results(run_dir: Path, utts: Sequence[Request], summary: Summary) -> Path:
+    """run_dir/results.jsonl, replaced atomically: the records in list order (the order of
+    `utts`), then one {"line", "error"} per failure, by line."""
+    order = {utt.name: k for k, utt in enumerate(utts)}
+    summary.records.sort(key=lambda record: order.get(record["name"], len(order)))
+    summary.failures.sort(key=lambda f: f.line or 0)
+    lines = [json.dumps(record, ensure_ascii=False) for record in summary.records]
+    for failure in summary.failures:
+        lines.append(
+            json.dumps({"line": failure.line, "error": failure.message}, ensure_ascii=False)
+        )
+    return atomic_write_text(run_dir / RESULTS, "".join(f"{line}\n" for line in lines))
+
+
+def log_summary(summary: Summary, where: str) -> None:
+    """The run's (or a worker's) totals: utterances, audio, wall time, real-time factor, timings."""
+    rtf = summary.wall / summary.audio_seconds if summary.audio_seconds else float("nan")
+    log.info("%s: %d utterances, %.2f s of audio in %.2f s (real-time factor %.3f)", where,
+             len(summary.records), summary.audio_seconds, summary.wall, rtf)  # fmt: skip
+    log.info("%s time: %s", where, ", ".join(f"{k} {v:.2f} s" for k, v in summary.timings.items()))
+
+
 def synthesize(
     synth: Synthesis,
     utts: list,
@@ -259,35 +319,20 @@ def synthesize(
     batch_size: int,
     seed: int,
     progress: bool = True,
+    extra: dict | None = None,
 ) -> Summary:
-    """Synthesise every request into run_dir/<name>.wav and write run_dir/results.jsonl: one
-    record per output as it is written, then one {"line", "error"} per failure (`failures`
-    from reading the list, and those of this run), by line."""
+    """Synthesise every request into run_dir/<name>.wav and write run_dir/results.jsonl: each
+    record as it is written (a crash keeps those), then, at the end, the whole file in list
+    order: the records, then one {"line", "error"} per failure (`failures` from reading the
+    list, and those of this run), by line (`write_results`). `extra`: fields of every record."""
     start = time.perf_counter()
     summary = Summary(failures=list(failures))
+    how = Decoding(batch_size, seed, progress, dict(extra or {}))
     with open(run_dir / RESULTS, "w", encoding="utf-8") as results:
-        prepared = _prepare(synth, utts, summary)
-        bar = tqdm(total=len(prepared), desc="synthesis", unit="utt", disable=not progress)
-        for batch in batches(prepared, batch_size):
-            seeds = [utterance_seed(seed, item.utt.name) for item in batch]
-            records, generate_s, decode_s = _run_batch(synth, batch, seeds, run_dir)
-            summary.timings["generate"] += generate_s
-            summary.timings["decode"] += decode_s
-            for record in records:
-                _write_line(results, record)
-                summary.audio_seconds += record["seconds"]
-                log.info("%s: %d frames (%.2f s, stopped by %s)", record["output"],
-                         record["frames"], record["seconds"], record["stop_reason"])  # fmt: skip
-            summary.records += records
-            bar.update(len(batch))
-        bar.close()
-        for failure in sorted(summary.failures, key=lambda f: f.line or 0):
-            _write_line(results, {"line": failure.line, "error": failure.message})
-    wall = time.perf_counter() - start
-    rtf = wall / summary.audio_seconds if summary.audio_seconds else float("nan")
-    log.info("%d utterances, %.2f s of audio in %.2f s (real-time factor %.3f) -> %s",
-             len(summary.records), summary.audio_seconds, wall, rtf, run_dir / RESULTS)  # fmt: skip
-    log.info("time: %s", ", ".join(f"{k} {v:.2f} s" for k, v in summary.timings.items()))
+        decode_requests(synth, utts, run_dir, results, summary, how)
+    results = write_results(run_dir, utts, summary)
+    summary.wall = time.perf_counter() - start
+    log_summary(summary, str(results))
     return summary
 
 

@@ -49,6 +49,8 @@ opt infer_batch_size "" "stage 3: lines decoded together [inference.batch_size]"
 opt infer_continual "" "stage 3: true = continue the prompt utterance [inference.continual]"
 opt infer_max_seconds "" "stage 3: cap on generated seconds [inference.max_seconds]"
 opt infer_trim_long_prompts "" "stage 3: true = cut over-long prompts [inference.trim_long_prompts]"
+opt infer_num_workers "" "stage 3 batch: processes sharing the list [one per visible GPU, else 1]"
+opt infer_avg 1 "stage 3: average the last N checkpoints, or NAME,NAME,... (folders in checkpoint/)"
 opt overwrite false "stage 3: write into an existing output folder (true/false)"
 opt eval_input_dir "" "stage 4: stage-3 folder with results.jsonl [with 3: the one written]"
 opt eval_output_dir "" "stage 4: metrics and summary [<eval_input_dir>/eval]"
@@ -130,7 +132,8 @@ if stage_selected 3; then
     --checkpoint "$infer_checkpoint" --top_k "$infer_top_k" --top_p "$infer_top_p" \
     --temperature "$infer_temperature" --seed "$infer_seed" --batch_size "$infer_batch_size" \
     --continual "$infer_continual" --max_seconds "$infer_max_seconds" \
-    --trim_long_prompts "$infer_trim_long_prompts")
+    --trim_long_prompts "$infer_trim_long_prompts" --num_workers "$infer_num_workers" \
+    --avg "$infer_avg")
   run_dir_file=$(mktemp)
   trap 'rm -f "$run_dir_file"' EXIT
   python bins/tts/inference.py --config "$config" --expt_dir "$infer_expt_dir" \

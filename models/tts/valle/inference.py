@@ -15,9 +15,8 @@ Which config is used for what:
   own `inference` section is never used, so the same command line means the same decoding for
   any checkpoint.
 
-Sampling: every utterance has its own generator, seeded by the shell's
-`utterance_seed(inference.seed, name)`,
-so its output does not depend on the batch size, the list order or the other lines.
+Sampling: each utterance draws from its own generator seeded with the shell's
+`utterance_seed(inference.seed, name)`: its output does not depend on the batch or the list.
 """
 
 from __future__ import annotations
@@ -36,7 +35,8 @@ from models.tts.valle.valle import VALLE
 from text.g2p import phonemize
 from text.symbol_table import TextTokenizer
 from utils.audio import AudioError, load_audio
-from utils.checkpoint import CheckpointError, CheckpointSource, load_tensor_file, resolve_checkpoint
+from utils.checkpoint import CheckpointError, CheckpointSource, resolve_checkpoint
+from utils.checkpoint_average import average_weights, checkpoints_to_average
 from utils.config import (
     Config,
     InferenceConfig,
@@ -63,6 +63,7 @@ class ModelSource:
     weights: Path  # model.safetensors or pytorch_model.bin
     symbols: Path  # phone table the model was trained with
     cfg: Config  # .model = architecture of the weights, .preprocess = G2P / codec settings
+    checkpoints: tuple[Path, ...] = ()  # averaged checkpoint folders (--infer_avg); () = weights
 
     def describe(self) -> str:
         return f"{self.kind} {self.root} (weights {self.weights})"
@@ -120,17 +121,21 @@ def _release_config(found: CheckpointSource, recipe_cfg: Config) -> Config:
     return dataclasses.replace(recipe_cfg, model=_model_config(found.model, found.config))
 
 
-def find_model_source(path: str | os.PathLike, which: str, recipe_cfg: Config) -> ModelSource:
+def find_model_source(
+    path: str | os.PathLike, which: str, recipe_cfg: Config, avg: str = "1"
+) -> ModelSource:
     """Resolve --expt_dir: our experiment, one of our checkpoint folders, or an Amphion release
     (the rules of `utils.checkpoint.resolve_checkpoint`, shared with training).
 
-    `which` ("latest" or "best") picks an experiment's checkpoint. `recipe_cfg` supplies the
+    `which` ("latest" or "best") picks an experiment's checkpoint; `avg` (--infer_avg) the
+    checkpoints whose mean is used (`utils.checkpoint_average`). `recipe_cfg` supplies the
     front-end settings of a release, which ships only Amphion's own config.
     """
     try:
         found = resolve_checkpoint(path, which)
     except CheckpointError as e:  # a wrong --expt_dir, not a broken file: stage 3's own error
         raise InferenceError(f"--expt_dir: {e}") from None
+    checkpoints = tuple(checkpoints_to_average(found, avg))
     if found.kind == "release":
         cfg = _release_config(found, recipe_cfg)
     else:
@@ -140,7 +145,7 @@ def find_model_source(path: str | os.PathLike, which: str, recipe_cfg: Config) -
         raise InferenceError(
             f"{found.root}: no symbols.dict (the phone table the model was trained with)"
         )
-    return ModelSource(found.kind, found.root, found.weights, symbols, cfg)
+    return ModelSource(found.kind, found.root, found.weights, symbols, cfg, checkpoints)
 
 
 def load_codec(source: ModelSource, device: torch.device | str = "cpu"):
@@ -155,7 +160,7 @@ def load_codec(source: ModelSource, device: torch.device | str = "cpu"):
 
 def load_model(source: ModelSource, device: torch.device | str = "cpu"):
     """Build the VALL-E described by `source` and load its weights (never running pickled code)."""
-    state = load_tensor_file(source.weights)  # CheckpointError for unsafe / broken files
+    state = average_weights(source.checkpoints or [source.weights.parent])  # safe loading
     model = VALLE(source.cfg.model)
     try:
         model.load_amphion_state_dict(state)
@@ -325,14 +330,9 @@ def load_prompt(path: Path, sample_rate: int, max_seconds: float, trim: bool) ->
             "inference.trim_long_prompts = true (run.sh --infer_trim_long_prompts true) to use "
             f"its first {max_seconds:.2f} s when text_prompt is the transcript of that part"
         )
-    log.warning(
-        "audio prompt %s is %.2f s, longer than inference.max_prompt_seconds = %.2f s: using "
-        "its first %.2f s (inference.trim_long_prompts); text_prompt must be its transcript",
-        path,
-        seconds,
-        max_seconds,
-        max_seconds,
-    )
+    log.warning("audio prompt %s is %.2f s, longer than inference.max_prompt_seconds = %.2f s: "
+                "using its first %.2f s (inference.trim_long_prompts); text_prompt must be its "
+                "transcript", path, seconds, max_seconds, max_seconds)  # fmt: skip
     return wav[:limit]
 
 
