@@ -9,9 +9,11 @@ results.jsonl - independently of VALL-E (tests/test_inference.py runs VALL-E thr
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 import soundfile as sf
 import torch
 
@@ -23,6 +25,7 @@ from models.base.inference import (
     synthesize,
     utterance_seed,
 )
+from models.base.inference_split import synthesize_parallel
 
 
 @dataclass
@@ -125,3 +128,72 @@ def test_a_second_recipe_runs_through_the_shell(tmp_path):
     assert alone.name == "batch-2"
     synthesize(CharSynthesis(), utts[:1], alone, batch_size=1, seed=3, progress=False)
     assert (alone / "h.wav").read_bytes() == (run_dir / "h.wav").read_bytes()
+
+
+# --------------------------------------------------------------------------------------------
+# The split over worker processes (models/base/inference_split.py)
+# --------------------------------------------------------------------------------------------
+
+
+class CrashingSynthesis(CharSynthesis):
+    """Dies (like a process killed by the out-of-memory killer) on a text saying "die", raises
+    on one saying "boom"."""
+
+    def generate(self, batch: list[Item], seeds: list[int]):
+        texts = " ".join(item.utt.text for item in batch)
+        if "die" in texts:
+            os._exit(3)
+        if "boom" in texts:
+            raise RuntimeError("boom in generate")
+        return super().generate(batch, seeds)
+
+
+def crashing_synthesis(device: torch.device) -> CrashingSynthesis:  # picklable: a module function
+    return CrashingSynthesis()
+
+
+SPLIT_LINES = ["one", "two two", "three three three", "four", "oops!", "six six"]
+
+
+def _split_run(out: Path, lines: list[str], overwrite: bool = False):
+    test_list = out.parent / "split.txt"
+    test_list.write_text("\n".join(lines) + "\n")
+    utts, failures = read_test_list(test_list, parse_line)
+    run_dir = claim_run_dir(out, "batch", overwrite=overwrite)
+    devices = [torch.device("cpu")] * 2
+    synthesize_parallel(crashing_synthesis, utts, run_dir, failures, devices=devices,
+                        batch_size=2, seed=3, progress=False, extra={"x": 1})  # fmt: skip
+    return run_dir
+
+
+def _results(run_dir: Path) -> list[dict]:
+    lines = [json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in x.items() if k not in ("output", "wall_time", "rtf")} for x in lines]
+
+
+def test_workers_merge_in_list_order_and_a_dead_worker_leaves_nothing_half_written(tmp_path):
+    run_dir = _split_run(tmp_path / "ok", SPLIT_LINES)
+    lines = _results(run_dir)
+    assert [x["line"] for x in lines] == [1, 2, 3, 4, 6, 5]  # list order, then the failure
+    assert "cannot say 'oops!'" in lines[-1]["error"]
+    assert all(x["x"] == 1 and x["seed"] == utterance_seed(3, x["name"]) for x in lines[:-1])
+    names = sorted(p.name for p in run_dir.iterdir())
+    assert names == [f"{n}.wav" for n in "12346"] + ["results.jsonl"]  # no part files left
+    # A worker that dies or raises: the run fails naming it and its lines; nothing half-written.
+    crashes = {
+        "die": "exited with status 3 without a result",
+        "boom": "RuntimeError: boom in generate",
+    }
+    for n, (word, reason) in enumerate(crashes.items(), 1):
+        crash = [*SPLIT_LINES[:5], f"{word} here", "seven"]  # sorted 3,6,2,5,7,4,1: 6 -> worker 1
+        with pytest.raises(InferenceError) as e:
+            _split_run(tmp_path / "out", crash)
+        assert f"worker 1 (cpu) failed: {reason}; its lines: 4, 5, 6." in str(e.value)
+        failed = tmp_path / "out" / ("batch" if n == 1 else f"batch-{n}")
+        assert [p.name for p in failed.iterdir()] == ["results.jsonl"]  # the claim, empty
+        assert (failed / "results.jsonl").read_text() == ""
+    # A re-run into the crashed folder is clean: the same results as the good run.
+    again = _split_run(tmp_path / "out", SPLIT_LINES, overwrite=True)
+    assert again == tmp_path / "out" / "batch"
+    assert _results(again) == lines
+    assert sorted(p.name for p in again.iterdir()) == names

@@ -1,0 +1,102 @@
+"""Stage 3 split over worker processes (models/base/inference_split.py) on the tiny VALL-E world:
+two CPU workers write the same folder as one, line for line, in list order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from inference_world import TEXTS, build_world, check_result, main, read_records, run_sh
+
+from models.base.inference_split import split_requests
+
+TIMING = {"wall_time", "rtf", "batch_size", "output"}  # differ between runs / folders by nature
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    world = build_world(tmp_path_factory.mktemp("stage3_split"))
+    lines = [
+        f"{TEXTS[0]}|prompt {TEXTS[1]}|prompts/a.wav",  # 1
+        f"{TEXTS[4]}|prompt {TEXTS[5]}|prompts/missing.wav",  # 2: fails reading the list
+        f"prompt {TEXTS[2]}|prompts/b.flac|{TEXTS[3]}",  # 3
+        f"{TEXTS[6]}|prompt {TEXTS[7]}|prompts/a.wav",  # 4
+        f"{TEXTS[6]}|prompt {TEXTS[7]}|prompts/corrupt.wav",  # 5: fails in a worker's prepare
+        f"{TEXTS[7]}|prompt {TEXTS[0]}|prompts/b.flac",  # 6
+        f"{TEXTS[2]}|prompt {TEXTS[6]}|prompts/a.wav",  # 7
+    ]
+    world["list"] = world["root"] / "lists" / "split.txt"
+    world["list"].write_text("\n".join(lines) + "\n")
+    return world
+
+
+def _lines(run_dir: Path) -> list[dict]:
+    records = read_records(run_dir / "results.jsonl")
+    assert not list(run_dir.glob(".results.jsonl.worker-*"))  # part files merged and removed
+    return records
+
+
+def _same_run(one: Path, two: Path) -> None:
+    """Two run folders hold the same results, line for line, and the same audio."""
+    a, b = _lines(one), _lines(two)
+    assert [r.get("line") for r in a] == [1, 3, 4, 6, 7, 2, 5]  # list order, then failures
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        assert {k: v for k, v in x.items() if k not in TIMING} == {
+            k: v for k, v in y.items() if k not in TIMING
+        }
+        if "output" in x:
+            assert Path(x["output"]).read_bytes() == Path(y["output"]).read_bytes(), x["line"]
+    assert sorted(p.name for p in one.glob("*.wav")) == sorted(p.name for p in two.glob("*.wav"))
+
+
+def test_two_workers_equal_one_device_through_run_sh(world, tmp_path):
+    runs = {}
+    for n in (1, 2):
+        proc = run_sh(world, tmp_path / f"n{n}", "--infer_mode", "batch",
+                      "--infer_test_list_file", str(world["list"]),
+                      "--infer_num_workers", str(n))  # fmt: skip
+        assert proc.returncode == 1, proc.stderr[-3000:]  # lines 2 and 5 fail, the rest run
+        runs[n] = (tmp_path / f"n{n}" / "batch", proc.stdout + proc.stderr)
+    _same_run(runs[1][0], runs[2][0])
+    logs = runs[2][1]
+    assert "2 workers: worker 0 on cpu: 3 lines; worker 1 on cpu: 3 lines" in logs
+    assert "worker 0 (cpu): " in logs and "worker 1 (cpu): " in logs  # per-worker totals
+    assert "(2 workers; time summed over them)" in logs
+    assert "line 5: audio prompt" in logs and "corrupt.wav" in logs  # a worker's failure
+    records = [r for r in _lines(runs[2][0]) if "error" not in r]
+    assert len({r["frames"] for r in records}) > 1  # really decoded, different lengths
+    for record in records:
+        check_result(record, runs[2][0])
+
+
+def test_two_workers_equal_one_device_when_sampling(world, tmp_path):
+    sampling = ("--top_k", "5", "--seed", "7", "--batch_size", "3")
+    for n in (1, 2):
+        rc = main(world, tmp_path / f"n{n}", "--mode", "batch", "--test_list_file",
+                  str(world["list"]), *sampling, "--num_workers", str(n))  # fmt: skip
+        assert rc == 1
+    _same_run(tmp_path / "n1" / "batch", tmp_path / "n2" / "batch")
+    greedy = tmp_path / "greedy"
+    main(world, greedy, "--mode", "batch", "--test_list_file", str(world["list"]), "--top_k", "1")
+    sampled = {r["line"]: r for r in _lines(tmp_path / "n2" / "batch") if "error" not in r}
+    assert any(  # it really samples
+        Path(r["output"]).read_bytes() != Path(sampled[r["line"]]["output"]).read_bytes()
+        for r in _lines(greedy / "batch")
+        if "error" not in r
+    )
+
+
+def test_split_deals_sorted_lengths_round_robin():
+    class Req:
+        def __init__(self, n: int, text: str):
+            self.name, self.line, self.text = str(n), n, text
+
+        def fields(self) -> dict:
+            return {"text": self.text}
+
+    reqs = [Req(i, "x" * n) for i, n in enumerate([3, 9, 1, 7, 5, 9, 2], 1)]
+    parts = split_requests(reqs, 3)
+    # by length, longest first (ties in list order): 2, 6, 4, 5, 1, 7, 3; dealt to 0, 1, 2, 0, ...
+    assert [[r.line for r in part] for part in parts] == [[2, 3, 5], [1, 6], [4, 7]]
+    assert split_requests(reqs, 1) == [reqs]  # one worker: the list as it is
