@@ -6,9 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from inference_world import TEXTS, build_world, check_result, main, read_records, run_sh
 
-from models.base.inference_split import split_requests
+from models.base.inference import InferenceError
+from models.base.inference_split import split_requests, worker_devices
 
 TIMING = {"wall_time", "rtf", "batch_size", "output"}  # differ between runs / folders by nature
 
@@ -100,3 +102,15 @@ def test_split_deals_sorted_lengths_round_robin():
     # by length, longest first (ties in list order): 2, 6, 4, 5, 1, 7, 3; dealt to 0, 1, 2, 0, ...
     assert [[r.line for r in part] for part in parts] == [[2, 3, 5], [1, 6], [4, 7]]
     assert split_requests(reqs, 1) == [reqs]  # one worker: the list as it is
+
+
+def test_worker_devices(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert worker_devices(None) == [cpu] and worker_devices(3) == [cpu] * 3
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert worker_devices(None) == [torch.device("cuda", 0), torch.device("cuda", 1)]
+    assert [d.index for d in worker_devices(3)] == [0, 1, 0]  # the GPUs in turn
+    assert worker_devices(2, "cpu") == [cpu, cpu]  # --device: every worker on it
+    with pytest.raises(InferenceError, match="--infer_num_workers 0"):
+        worker_devices(0)

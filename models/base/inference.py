@@ -59,7 +59,9 @@ class Request(Protocol):
     name: str  # output file stem, unique in a run
     line: int | None  # line of the test list (None: the command line)
 
-    def fields(self) -> dict: ...  # its part of the results.jsonl record (text, prompt, ...)
+    # its part of the results.jsonl record (text, prompt, ...); the length of its "text" is the
+    # key by which `inference_split.split_requests` shares a list among workers
+    def fields(self) -> dict: ...
 
 
 class Item(Protocol):

@@ -206,6 +206,8 @@ def _worker(index, make_synth, device, utts, run_dir: Path, how: Decoding, threa
     )  # fmt: skip
     if threads:
         torch.set_num_threads(threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # no stray CUDA context on GPU 0 from every worker
     start = time.perf_counter()
     try:
         summary = Summary()
