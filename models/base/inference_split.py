@@ -123,7 +123,7 @@ def synthesize_parallel(
     for i in range(n):
         part_file(run_dir, i).unlink(missing_ok=True)
     summary.wall = time.perf_counter() - start
-    log_summary(summary, f"{results} ({n} workers; time summed over them)")
+    log_summary(summary, f"{results} ({n} workers, their times summed)")
     return summary
 
 
@@ -133,7 +133,7 @@ def _run_workers(make_synth, parts, devices, run_dir: Path, how: Decoding, threa
     procs, pending = [], {}
     for i, (part, device) in enumerate(zip(parts, devices, strict=True)):
         receive, send = ctx.Pipe(duplex=False)
-        args = (i, make_synth, device, part, run_dir, how, threads, send)
+        args = (i, make_synth, device, part, run_dir, how, threads, send, time.time())
         proc = ctx.Process(target=_worker, args=args, name=f"synthesis-worker-{i}", daemon=True)
         proc.start()
         send.close()  # the child holds the sending end: EOF here when it dies
@@ -198,20 +198,22 @@ def _discard(run_dir: Path, utts: list, n: int) -> None:
         part_file(run_dir, i).unlink(missing_ok=True)
 
 
-def _worker(index, make_synth, device, utts, run_dir: Path, how: Decoding, threads, conn):
+def _worker(index, make_synth, device, utts, run_dir: Path, how: Decoding, threads, conn, born):
     """One worker process: build the Synthesis on `device`, decode `utts`, send its Summary."""
     logging.basicConfig(
         level=logging.INFO, force=True,
         format=f"%(asctime)s %(levelname)s worker {index} %(name)s: %(message)s",
     )  # fmt: skip
-    if threads:
-        torch.set_num_threads(threads)
-    if device.type == "cuda":
-        torch.cuda.set_device(device)  # no stray CUDA context on GPU 0 from every worker
     start = time.perf_counter()
     try:
+        if threads:
+            torch.set_num_threads(threads)
+        if device.type == "cuda":
+            torch.cuda.set_device(device)  # no stray CUDA context on GPU 0 from every worker
         summary = Summary()
         synth = make_synth(device)
+        log.info("ready on %s %.1f s after its start (%.1f s of it loading the model)", device,
+                 time.time() - born, time.perf_counter() - start)  # fmt: skip
         with open(part_file(run_dir, index), "w", encoding="utf-8") as handle:
             decode_requests(synth, utts, run_dir, handle, summary, how,
                             desc=f"worker {index}", position=index)  # fmt: skip
