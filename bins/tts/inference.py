@@ -165,7 +165,7 @@ def run(args: argparse.Namespace) -> int:
     utts, failures = requests(args, inf.continual)
     source = find_model_source(args.expt_dir, inf.checkpoint, recipe_cfg, args.avg)
     log.info("model: %s", source.describe())
-    if len(source.checkpoints) > 1:
+    if list(source.checkpoints) != [source.weights.parent]:  # --avg
         log.info("weights: the mean of %s", ", ".join(checkpoint_names(source)))
     devices = worker_devices(args.num_workers if args.mode == "batch" else 1, args.device)
     if len(devices) == 1 or len(utts) <= 1:  # in this process, loaded before claiming a folder
