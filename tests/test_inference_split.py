@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from inference_world import TEXTS, build_world, check_result, main, read_records, run_sh
+from inference_world import (
+    TEXTS,
+    build_world,
+    check_result,
+    main,
+    read_records,
+    run_sh,
+    single,
+)
 
 from models.base.inference import InferenceError
 from models.base.inference_split import split_requests, worker_devices
@@ -110,3 +118,11 @@ def test_worker_devices(monkeypatch):
     assert worker_devices(2, "cpu") == [cpu, cpu]  # --device: every worker on it
     with pytest.raises(InferenceError, match="--infer_num_workers 0"):
         worker_devices(0)
+
+
+def test_single_mode_is_one_worker(world, tmp_path, caplog):
+    caplog.set_level("INFO")
+    assert single(world, tmp_path, "--num_workers", "2") == 0
+    assert "workers:" not in caplog.text  # decoded in this process
+    (record,) = _lines(tmp_path / "single")
+    check_result(record, tmp_path / "single")

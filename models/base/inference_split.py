@@ -130,21 +130,21 @@ def synthesize_parallel(
 def _run_workers(make_synth, parts, devices, run_dir: Path, how: Decoding, threads: int):
     """Start one spawned process per part; their Summaries in part order, or InferenceError."""
     ctx = multiprocessing.get_context("spawn")
-    procs, pending = [], {}
-    for i, (part, device) in enumerate(zip(parts, devices, strict=True)):
-        receive, send = ctx.Pipe(duplex=False)
-        args = (i, make_synth, device, part, run_dir, how, threads, send, time.time())
-        proc = ctx.Process(target=_worker, args=args, name=f"synthesis-worker-{i}", daemon=True)
-        proc.start()
-        send.close()  # the child holds the sending end: EOF here when it dies
-        procs.append(proc)
-        pending[receive] = i
-    summaries: dict[int, Summary] = {}
+    procs, pending, summaries = [], {}, {}
     try:
+        for i, (part, device) in enumerate(zip(parts, devices, strict=True)):
+            receive, send = ctx.Pipe(duplex=False)
+            args = (i, make_synth, device, part, run_dir, how, threads, send, time.time())
+            name = f"synthesis-worker-{i}"
+            procs.append(ctx.Process(target=_worker, args=args, name=name, daemon=True))
+            procs[-1].start()  # (make_synth must pickle: a module-level function or partial)
+            send.close()  # the child holds the sending end: EOF here when it dies
+            pending[receive] = i
         while pending:
             for conn in wait(list(pending)):
                 i = pending.pop(conn)
-                summaries[i] = _receive(conn, procs[i], i, devices[i], parts[i])
+                with conn:
+                    summaries[i] = _receive(conn, procs[i], i, devices[i], parts[i])
     except BaseException:  # a failed worker, or Ctrl-C: no half-merged run
         _stop(procs)
         _discard(run_dir, [utt for part in parts for utt in part], len(parts))
@@ -179,6 +179,7 @@ def _exit_reason(code: int | None) -> str:
 
 
 def _stop(procs: list) -> None:
+    procs = [proc for proc in procs if proc.pid is not None]  # started
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
