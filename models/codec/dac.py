@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 OFFICIAL = "descript/dac_44khz"
 ALLOW_PATTERNS = ["config.json", "model.safetensors", "preprocessor_config.json"]
 META = "dac.json"
+ARCHITECTURE_KEYS = ("encoder_hidden_size", "downsampling_ratios", "decoder_hidden_size",
+                     "upsampling_ratios", "hidden_size", "n_codebooks", "codebook_size",
+                     "codebook_dim", "sampling_rate")  # fmt: skip
 RANDOM_INIT_WARNING = (
     "RANDOM-INIT DAC: the codec has random weights. Its codes and decoded audio are MEANINGLESS; "
     f"use it only for tests and the demo (the official codec: DacCodec.pretrained('{OFFICIAL}'))"
@@ -182,8 +185,9 @@ class DacCodec:
     def fingerprint(self) -> str:
         """sha256 of the weights, the configuration and the codebooks used: equal fingerprints
         give equal codes (stage-1 bookkeeping)."""
-        h = hashlib.sha256(self.model.config.to_json_string().encode())
-        h.update(str(self.num_codebooks).encode())
+        cfg = self.model.config  # its architecture only (save_pretrained adds bookkeeping keys)
+        arch = {k: getattr(cfg, k) for k in ARCHITECTURE_KEYS}
+        h = hashlib.sha256(json.dumps([arch, self.num_codebooks], sort_keys=True).encode())
         for key, value in sorted(self.model.state_dict().items()):
             h.update(key.encode())
             h.update(value.detach().cpu().contiguous().numpy().tobytes())
