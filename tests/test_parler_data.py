@@ -229,3 +229,30 @@ def test_killed_run_keeps_finished_shards(corpora, tiny_model, tmp_path, monkeyp
     b = CutSet.from_file(tmp_path / "fresh" / "custom" / "cuts_train.jsonl.gz")
     assert [c.custom["description_ids"] for c in a] == [c.custom["description_ids"] for c in b]
     assert all((x.load_codes() == y.load_codes()).all() for x, y in zip(a, b, strict=True))
+
+
+def test_tiny_random_folder_loads_and_says_it_is_random(tiny_model, tmp_path):
+    from make_tiny_random_model import make_tiny_random_model
+    from safetensors.torch import load_file
+
+    from models.codec.dac import DacCodec
+    from models.tts.parler.pretrained import load_pretrained, load_tokenizer
+
+    hf = json.loads((tiny_model / "config.json").read_text())
+    assert hf["codectts_random_init"] is True and hf["model_type"] == "parler_tts"
+    assert "RANDOM-INIT" in (tiny_model / "README.txt").read_text()
+    model = load_pretrained(tiny_model)  # strict keys: every parameter under the package names
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    codec = DacCodec.from_parler_checkpoint(tiny_model)
+    assert codec.is_random_init and codec.num_codebooks == model.cfg.num_codebooks == 4
+    tok = load_tokenizer(tiny_model)
+    ids = tok("Hi, Bo!").input_ids
+    assert ids[-1] == 1 and tok.pad_token_id == 0 and max(ids) < hf["vocab_size"]
+    assert tok.decode(ids, skip_special_tokens=True) == "Hi, Bo!"
+    again = make_tiny_random_model(tmp_path / "again", seed=1)  # deterministic for a seed
+    a, b = (
+        load_file(str(tiny_model / "model.safetensors")),
+        load_file(str(again / "model.safetensors")),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.startswith("audio_encoder.model.quantizer.") for k in a)
