@@ -33,6 +33,7 @@ from collections import Counter
 from pathlib import Path
 
 from lhotse import CutSet
+from lhotse.utils import fastcopy
 
 from models.codec.dac import DacCodec
 from models.codec.encodec import codec_span, file_sha256
@@ -107,11 +108,23 @@ def read_corpus(name: str, root: Path, pcfg, work: Path) -> Corpus:
     if kind == "expresso":
         return read_expresso(root, pcfg)
     corpus = read_libritts(root, corpus_settings(pcfg), work)
+    genders = libritts_genders(root)
     for split, cuts in corpus.splits.items():
         corpus.splits[split] = CutSet.from_cuts(
-            c.with_custom("description", None).with_custom("style", None) for c in cuts
-        )
+            fastcopy(c, supervisions=[fastcopy(s, gender=s.gender or genders.get(s.speaker))
+                                      for s in c.supervisions])
+            .with_custom("description", None).with_custom("style", None)
+            for c in cuts
+        )  # fmt: skip
     return corpus
+
+
+def libritts_genders(root: Path) -> dict[str, str]:
+    """{speaker id: "F" | "M"} from LibriTTS' SPEAKERS.txt (`;ID |SEX| SUBSET |MINUTES| NAME`)."""
+    path = root / "SPEAKERS.txt"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    fields = [[f.strip() for f in line.split("|")] for line in lines if not line.startswith(";")]
+    return {f[0]: f[1] for f in fields if len(f) >= 2 and f[1] in GENDER_WORDS}
 
 
 # ------------------------------------------------------------------ codec

@@ -79,12 +79,13 @@ def write_config(path: Path, processed: Path, model: Path, datasets: dict, **pre
     return path
 
 
-def run(cfg_path: Path, model: Path):
+def run(cfg_path: Path, model: Path, workers: int = 1):
     from models.tts.parler.pretrained import load_tokenizer
     from preprocessors.parler_pipeline import run_parler_stage1
     from utils.config_parler import load_parler_config
 
-    return run_parler_stage1(load_parler_config(cfg_path), model, load_tokenizer(model), ["cpu"], 1)
+    cfg = load_parler_config(cfg_path)
+    return run_parler_stage1(cfg, model, load_tokenizer(model), ["cpu"], workers)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,8 @@ def stage1(corpora, tiny_model, tmp_path_factory) -> dict:
         "custom": custom_corpus(base / "custom", corpora["clean"]),
         "expresso": expresso_corpus(base / "expresso", corpora["clean"]),
     }
-    cfg = write_config(base / "cfg.json", base / "processed", tiny_model, datasets)
+    cfg = write_config(base / "cfg.json", base / "processed", tiny_model, datasets,
+                       annotation_pitch="speaker_corpus")  # fmt: skip
     return {"config": cfg, "processed": base / "processed", "summaries": run(cfg, tiny_model)}
 
 
@@ -176,6 +178,18 @@ def test_descriptions_given_or_annotated(stage1):
     assert list(valid) == ["ex04_happy_00002"]  # splits/dev.txt
     libri = cuts_of(stage1, "libritts_r")
     assert all(c.custom["annotation"] and c.custom["style"] is None for c in libri.values())
+    # LibriTTS speakers by their SPEAKERS.txt gender (1000: en-us "M", 1001: en-gb "M")
+    assert libri["1000_3000_000000_000000"].custom["description"].startswith("A man speaks ")
+    # annotation_pitch = "speaker_corpus": one pitch word per speaker, by rank in the corpus
+    words: dict[str, set] = {}
+    for c in libri.values():
+        text = c.custom["description"]
+        words.setdefault(c.supervisions[0].speaker, set()).add(
+            text.split(" with a ")[1].split(" voice")[0]
+        )
+    assert all(len(w) == 1 for w in words.values()) and len(set.union(*words.values())) == len(
+        words
+    )
 
 
 def test_rerun_is_a_no_op(stage1, tiny_model, caplog):
@@ -221,10 +235,10 @@ def test_killed_run_keeps_finished_shards(corpora, tiny_model, tmp_path, monkeyp
     kept = {n: m for n, m in first.items() if n.startswith(calls[0])}
     assert {n: (tokens / n).stat().st_mtime_ns for n in kept} == kept  # untouched
     assert summaries["custom"]["splits"]["train"]["utterances"] == 4
-    # the same manifests as a run that was never interrupted
+    # the same manifests as a run that was never interrupted, made by 2 worker processes
     fresh = write_config(tmp_path / "fresh.json", tmp_path / "fresh", tiny_model,
                          {"custom": tmp_path / "c" / "list.txt"}, shard_size=1)  # fmt: skip
-    run(fresh, tiny_model)
+    run(fresh, tiny_model, workers=2)
     a = CutSet.from_file(tmp_path / "out" / "custom" / "cuts_train.jsonl.gz")
     b = CutSet.from_file(tmp_path / "fresh" / "custom" / "cuts_train.jsonl.gz")
     assert [c.custom["description_ids"] for c in a] == [c.custom["description_ids"] for c in b]
