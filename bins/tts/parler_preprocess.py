@@ -19,7 +19,7 @@ from models.codec.dac import CodecError
 from models.tts.parler.pretrained import ParlerLoadError, load_tokenizer, resolve_folder
 from preprocessors.annotate import AnnotationError
 from preprocessors.corpora import CorpusError
-from preprocessors.parler_pipeline import ParlerStageError, run_parler_stage1
+from preprocessors.parler_pipeline import ParlerStageError, corpus_roots, run_parler_stage1
 from text.g2p import G2PError
 from utils.config_loader import ConfigError, resolve_path
 from utils.config_parler import load_parler_config
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         workers = args.num_workers if args.num_workers is not None else cfg.preprocess.num_workers
         if workers < 1:
             raise ConfigError(f"--num_workers must be >= 1 (got {workers})")
+        corpus_roots(cfg)  # wrong corpus paths fail before the model is fetched
         folder = model_folder(cfg.model.pretrained)
         run_parler_stage1(cfg, folder, load_tokenizer(folder), choose_devices(), workers)
     except (ConfigError, CorpusError, CodecError, ParlerStageError, ParlerLoadError, G2PError,
