@@ -29,16 +29,21 @@ def tiny_model(tmp_path_factory) -> Path:
 
 def custom_corpus(base: Path, clean: Path) -> Path:
     """audio|text|description[|speaker]: a given description, an empty one (annotated), a
-    line with too few fields, a missing file."""
+    line with too few fields, a missing file, a file with NaN samples (readable header)."""
+    import numpy as np
+    import soundfile as sf
+
     (base / "wavs").mkdir(parents=True)
     shutil.copy(clean, base / "wavs" / "a.wav")
     shutil.copy(clean, base / "wavs" / "b.wav")
+    sf.write(base / "wavs" / "nan.wav", np.full(24000, np.nan, dtype="float32"), 24000, "FLOAT")
     lines = [
         "# audio|text|description|speaker",
         f"wavs/a.wav|{SPEECH}|Ann speaks calmly in a quiet room.|Ann",
         f"wavs/b.wav|{SPEECH}||Bo",
         "wavs/a.wav|only two fields",
         f"wavs/missing.wav|{SPEECH}|Someone speaks.",
+        f"wavs/nan.wav|{SPEECH}|Someone speaks.",
     ]
     (base / "list.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     return base / "list.txt"
@@ -152,7 +157,7 @@ def test_rejections_are_reported_not_fatal(stage1, corpora):
     assert [libri[u[k]] for k in bad] == ["unreadable_audio", "zero_length_audio",
         "empty_transcript", "too_long", "missing_transcript"]  # fmt: skip
     assert rejected_of(stage1, "custom") == {"line4": "malformed_list_line",
-                                             "wavs_missing": "missing_audio"}  # fmt: skip
+        "wavs_missing": "missing_audio", "wavs_nan": "non_finite_audio"}  # fmt: skip
     assert rejected_of(stage1, "expresso") == {
         "ex01_default_00001": "test_split", "ex01_default_longform_00001": "longform",
         "ex01_default_00003": "missing_transcript", "ex01_sad_00009": "missing_audio"}  # fmt: skip
@@ -270,3 +275,20 @@ def test_tiny_random_folder_loads_and_says_it_is_random(tiny_model, tmp_path):
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert any(k.startswith("audio_encoder.model.quantizer.") for k in a)
+
+
+def test_expresso_styles_and_held_out_split(corpora, tmp_path):
+    from preprocessors.parler_corpora import read_expresso
+    from utils.config_parler import ParlerPreprocessConfig
+
+    root = expresso_corpus(tmp_path / "e", corpora["clean"])
+    happy = read_expresso(root, ParlerPreprocessConfig(expresso_styles=["happy"]))
+    assert {s: sorted(c.ids) for s, c in happy.splits.items()} == {
+        "train": ["ex04_happy_00001"], "valid": ["ex04_happy_00002"]}  # fmt: skip
+    assert happy.rejected == []  # other styles are not asked for: neither kept nor rejected
+    shutil.rmtree(root / "splits")  # no official split: valid_fraction is held out
+    pcfg = ParlerPreprocessConfig(valid_fraction=0.4, expresso_speaker_names={"ex04": "Ada"})
+    corpus = read_expresso(root, pcfg)
+    assert sorted(len(c) for c in corpus.splits.values()) == [1, 2]
+    speakers = {c.supervisions[0].speaker for cs in corpus.splits.values() for c in cs}
+    assert speakers == {"Ada", "ex01"}  # unnamed ids keep the corpus id
