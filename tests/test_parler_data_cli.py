@@ -26,7 +26,7 @@ def test_offline_hub_id_says_what_to_place_where(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
     assert main(["--config", config(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("parler_preprocess.py: ERROR: ") and "Traceback" not in err
+    assert " ERROR parler_preprocess: Parler-TTS model: " in err and "Traceback" not in err
     assert "huggingface-cli download parler-tts/parler-tts-mini-v1" in err
 
 
