@@ -30,6 +30,7 @@ import statistics
 import time
 import zlib
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 from lhotse import CutSet
@@ -312,8 +313,8 @@ def merge_dataset(name: str, kept: dict, tasks: list, rejected: list, out: Path,
 
 # ------------------------------------------------------------------ the stage
 def fingerprint(cfg: ParlerConfig, roots: dict, folder: Path, codec_fp: str) -> str:
-    """Everything the outputs depend on: settings, corpus files (names, sizes, mtimes), the
-    codec's weights, the tokenizer files, the G2P version."""
+    """Everything the outputs depend on: settings (not the worker count), corpus files (names,
+    sizes, mtimes), the codec's weights, the tokenizer files, the G2P version."""
     files = []
     for name, root in roots.items():
         for f in corpus_files(corpus_kind(name), root, cfg.preprocess):
@@ -324,7 +325,8 @@ def fingerprint(cfg: ParlerConfig, roots: dict, folder: Path, codec_fp: str) -> 
                 files.append((str(f), "missing"))
     tokenizer = [file_sha256(folder / n) for n in ("tokenizer.json", "tokenizer_config.json")
                  if (folder / n).is_file()]  # fmt: skip
-    settings = {"format": STAGE1_FORMAT, "measures": MEASURE_FORMAT, "preprocess": cfg.preprocess,
+    preprocess = {k: v for k, v in asdict(cfg.preprocess).items() if k != "num_workers"}
+    settings = {"format": STAGE1_FORMAT, "measures": MEASURE_FORMAT, "preprocess": preprocess,
                 "datasets": roots, "codec": codec_fp, "tokenizer": tokenizer,
                 "g2p": g2p_version(cfg.preprocess.phone_language)}  # fmt: skip
     return _sha([settings, files])

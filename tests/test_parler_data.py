@@ -203,6 +203,13 @@ def test_rerun_is_a_no_op(stage1, tiny_model, caplog):
     with caplog.at_level("INFO"):
         assert run(stage1["config"], tiny_model) == stage1["summaries"]
     assert "nothing to do" in caplog.text
+    other = json.loads(stage1["config"].read_text())
+    other["preprocess"]["num_workers"] = 3  # the worker count does not change the outputs
+    (out.parent / "workers.json").write_text(json.dumps(other))
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        run(out.parent / "workers.json", tiny_model)
+    assert "nothing to do" in caplog.text
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
 
 
