@@ -27,9 +27,10 @@ def _field_comments(cls: type) -> dict[str, str]:
     """name -> trailing comment of the field's line(s) in the class body."""
     source_lines = Path(config_module.__file__).read_text().splitlines()
     tree = ast.parse("\n".join(source_lines))
-    node = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == cls.__name__)
+    names = {c.__name__ for c in cls.__mro__}  # a section's base classes document theirs
+    nodes = [n for n in tree.body if isinstance(n, ast.ClassDef) and n.name in names]
     comments = {}
-    for stmt in node.body:
+    for stmt in (s for node in nodes for s in node.body):
         if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
             lines = source_lines[stmt.lineno - 1 : stmt.end_lineno]
             text = " ".join(line.split("#", 1)[1].strip() for line in lines if "#" in line)
