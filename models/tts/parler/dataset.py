@@ -29,7 +29,7 @@ from lhotse import CutSet, combine
 from lhotse.cut import Cut
 from lhotse.dataset.collation import collate_vectors
 
-from models.base.train_data import DataError, ResumableBatches, make_loader, make_sampler
+from models.base.train_data import DataError
 from models.tts.parler.delay import collate_labels, delayed_labels
 
 logger = logging.getLogger(__name__)
@@ -62,24 +62,16 @@ def read_stage1(processed_dir: Path) -> tuple[dict, dict]:
 
 
 def load_split(processed_dir: Path, datasets: list[str], split: str) -> CutSet:
-    """The `split` cuts of every corpus, in config order; a corpus may lack valid cuts (warned)
-    as long as one has some."""
-    sets, missing = [], []
-    for dataset in datasets:
-        path = processed_dir / dataset / f"cuts_{split}.jsonl.gz"
-        if path.is_file() and (cuts := CutSet.from_file(path).to_eager()) and len(cuts):
-            sets.append(cuts)
-        elif split == "train":
-            raise DataError(f"no train cuts in {path}: rerun stage 1 for corpus {dataset!r}")
-        else:
-            missing.append(str(path))
-    if not sets:
+    """The `split` cuts of every corpus, in config order. Every corpus has train cuts; valid
+    cuts may come from some corpora only (stage 1 writes none without a validation share)."""
+    paths = [processed_dir / d / f"cuts_{split}.jsonl.gz" for d in datasets]
+    sets = [CutSet.from_file(p).to_eager() for p in paths if p.is_file()]
+    sets = [s for s in sets if len(s)]
+    if len(sets) < (len(paths) if split == "train" else 1):
         raise DataError(
-            f"no {split} cuts ({', '.join(missing)} missing or empty): give stage 1 a "
-            "validation share (preprocess.valid_fraction / a valid subset) and rerun it"
+            f"no {split} cuts in some of {', '.join(map(str, paths))}: rerun stage 1 (the "
+            "valid split needs preprocess.valid_fraction > 0 or a valid subset)"
         )
-    if missing:
-        logger.warning("no %s cuts in %s; using the other corpora's", split, ", ".join(missing))
     return sets[0] if len(sets) == 1 else combine(*sets)
 
 
@@ -127,21 +119,3 @@ class ParlerDataset(torch.utils.data.Dataset):
             "y_lens": torch.tensor([c.shape[1] for c in codes], dtype=torch.long),
             "cut_ids": [c.id for c in cuts],
         }
-
-
-def make_dataloader(
-    cuts: CutSet,
-    cfg,
-    dataset: ParlerDataset,
-    *,
-    shuffle: bool,
-    world_size: int = 1,
-    rank: int = 0,
-    num_workers: int = 0,
-    name: str = "",
-) -> tuple[torch.utils.data.DataLoader, ResumableBatches]:
-    """The loader of `cuts` and its resumable sampler (the engine's lhotse samplers)."""
-    batches = ResumableBatches(
-        make_sampler(cuts, cfg, shuffle=shuffle, world_size=world_size, rank=rank, name=name)
-    )
-    return make_loader(dataset, batches, num_workers), batches

@@ -31,17 +31,11 @@ import torch
 import torch.nn.functional as F
 from lhotse import CutSet
 
-from models.base.train_data import DataError
+from models.base.train_data import DataError, ResumableBatches, make_loader, make_sampler
 from models.base.train_recipe import TrainRecipe
 from models.base.trainer import parse_args as engine_args
 from models.base.trainer import train
-from models.tts.parler.dataset import (
-    ParlerDataset,
-    check_cut,
-    load_split,
-    make_dataloader,
-    read_stage1,
-)
+from models.tts.parler.dataset import ParlerDataset, check_cut, load_split, read_stage1
 from models.tts.parler.parler import ParlerConfig, ParlerTTS
 from models.tts.parler.pretrained import (
     ALLOW_PATTERNS,
@@ -201,9 +195,10 @@ class ParlerTrainRecipe(TrainRecipe):
         text_pad = int(a.text_encoder.get("pad_token_id", 0))
         dataset = ParlerDataset(a.num_codebooks, a.pad_token_id, a.bos_token_id,
                                 a.eos_token_id, text_pad)  # fmt: skip
-        return make_dataloader(cuts, self.cfg, dataset, shuffle=split == "train",
-                               world_size=world_size, rank=rank, num_workers=num_workers,
-                               name=split)  # fmt: skip
+        sampler = make_sampler(cuts, self.cfg, shuffle=split == "train", world_size=world_size,
+                               rank=rank, name=split)  # fmt: skip
+        batches = ResumableBatches(sampler)
+        return make_loader(dataset, batches, num_workers), batches
 
     def build_model(self, init_from: Path | None) -> tuple[ParlerTTS, list]:
         model, self.model_dir = build_model(init_from, self.fresh)
