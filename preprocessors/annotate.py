@@ -1,14 +1,18 @@
 """Descriptions for corpora that have none (the dataspeech idea, without its model zoo).
 
-Three measurements per utterance, each binned into words and put into a sentence:
+Three measurements per utterance (`measure`, on 16 kHz audio), each binned into words and put
+into a sentence:
 
-* speaking rate = phones per second of audio (the caller phonemizes with our G2P and counts
-  phones, word separators and punctuation excluded);
+* speaking rate = phones per second of speech: phones from our G2P (`text/g2p.py`; word
+  separators and punctuation not counted) over the span from the first to the last sample the
+  voice activity detector calls speech (the whole audio when it finds none);
 * pitch: a normalised-autocorrelation F0 track (voiced frames only); level = median F0,
   variation = standard deviation of F0 in semitones;
-* noise: SNR in dB = speech power over non-speech power, with speech frames from a voice
-  activity detector (`silero_speech_mask`: silero-vad, whose model ships in its wheel) or any
-  boolean mask the caller gives.
+* noise: SNR in dB = speech power over non-speech power, speech samples from silero-vad
+  (`silero_speech_mask`; its model ships in its wheel). When the detector leaves less than
+  MIN_NOISE_S of non-speech (or finds no speech), the noise power is the mean of the quietest
+  10 % of 20 ms frames and the speech power that of the others (`snr_method` "quietest_frames"
+  instead of "vad").
 
 Bins (documented constants below; upper bounds, the last bin is open):
 
@@ -21,17 +25,26 @@ Bins (documented constants below; upper bounds, the last bin is open):
     NOISE_BINS  SNR dB     < 10 very noisy | < 20 quite noisy | < 30 slightly noisy |
                            < 45 clean | very clean
 
-Template (`describe`): "{speaker} speaks {rate} with a {pitch} voice that sounds {monotony}, in
-a {noise} recording." with speaker = the corpus' speaker name or "A speaker".
+Pitch relative to the corpus (`speaker_pitch_words`, config `annotation_pitch =
+"speaker_corpus"`): each speaker's median F0 is ranked among the corpus' speakers and the rank
+picks one of the five PITCH_BINS words (centred quantiles: one speaker = "moderate-pitch", two =
+"low-pitched" / "high-pitched"), so a corpus of low voices still uses the whole vocabulary.
+
+Template (`describe`): "{speaker} speaks {rate}{style} with a {pitch} voice that sounds
+{monotony}, in a {noise} recording." with speaker = the corpus' speaker name or "A speaker" and
+style = " in a <style> style" when the corpus names one (Expresso: "happy", "whisper", ...;
+"default" and no style give ""). There is no LLM rewriter.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 import torch.nn.functional as F
+from silero_vad import get_speech_timestamps, load_silero_vad
 
 RATE_BINS = [(9, "very slowly"), (11, "slowly"), (13, "slightly slowly"),
              (15, "at a moderate speed"), (17, "slightly fast"), (19, "fast"),
@@ -43,8 +56,12 @@ MONOTONY_BINS = [(1.5, "very monotone"), (2.5, "monotone"), (4, "slightly expres
 NOISE_BINS = [(10, "very noisy"), (20, "quite noisy"), (30, "slightly noisy"), (45, "clean"),
               (math.inf, "very clean")]  # fmt: skip
 TEMPLATE = (
-    "{speaker} speaks {rate} with a {pitch} voice that sounds {monotony}, in a {noise} recording."
+    "{speaker} speaks {rate}{style} with a {pitch} voice that sounds {monotony}, in a {noise} "
+    "recording."
 )
+SAMPLE_RATE = 16000  # analysis rate of `measure` (silero-vad takes 16 kHz)
+MIN_NOISE_S = 0.1  # less non-speech than this (s): SNR from the quietest frames instead
+QUIET_FRACTION = 0.1  # quietest_frames method: this fraction of 20 ms frames is "noise"
 
 FMIN, FMAX = 60.0, 400.0  # F0 search range (Hz)
 FRAME_S, HOP_S = 0.04, 0.01  # analysis window / hop (s)
@@ -130,21 +147,61 @@ def snr_db(wav: torch.Tensor, speech: torch.Tensor, sample_rate: int) -> float:
 
 
 def silero_speech_mask(wav: torch.Tensor, sample_rate: int) -> torch.Tensor:
-    """Per-sample speech mask from silero-vad (16 kHz or 8 kHz input; its model is in the wheel).
-
-    silero-vad is not a dependency yet: `pip install silero-vad==6.2.3` (it needs only torch and
-    packaging; its `read_audio` would need torchaudio/torchcodec, which we do not use)."""
-    try:
-        from silero_vad import get_speech_timestamps, load_silero_vad
-    except ImportError:
-        raise AnnotationError(
-            "SNR needs silero-vad: pip install silero-vad==6.2.3 (or pass a speech mask)"
-        ) from None
-    stamps = get_speech_timestamps(wav.float(), load_silero_vad(), sampling_rate=sample_rate)
+    """Per-sample speech mask from silero-vad (16 kHz or 8 kHz input; its model is in the wheel;
+    pinned in requirements.txt). The model is loaded once per process."""
+    stamps = get_speech_timestamps(wav.float(), _silero(), sampling_rate=sample_rate)
     mask = torch.zeros(wav.shape, dtype=torch.bool)
     for s in stamps:
         mask[s["start"] : s["end"]] = True
     return mask
+
+
+@cache
+def _silero():
+    return load_silero_vad()
+
+
+def _snr_quietest_frames(wav: torch.Tensor, sample_rate: int) -> float:
+    size = round(0.02 * sample_rate)
+    power = wav.double()[: wav.numel() // size * size].reshape(-1, size).pow(2).mean(dim=1)
+    if power.numel() < 10:
+        raise AnnotationError("too short for an SNR estimate (fewer than 10 frames of 20 ms)")
+    power = power.sort().values
+    quiet = max(1, round(QUIET_FRACTION * power.numel()))
+    p_noise, p_speech = float(power[:quiet].mean()), float(power[quiet:].mean())
+    return 10 * math.log10(max(p_speech - p_noise, 1e-20) / max(p_noise, 1e-20))
+
+
+def measure(wav: torch.Tensor, num_phones: int) -> dict:
+    """The annotation measures of one utterance (1-D, SAMPLE_RATE): phones_per_second,
+    pitch_hz, pitch_std_semitones, snr_db, snr_method (see the module docstring)."""
+    speech = silero_speech_mask(wav, SAMPLE_RATE)
+    found = torch.nonzero(speech)
+    if found.numel():
+        first, last = int(found[0]), int(found[-1])
+        seconds = (last - first + 1) / SAMPLE_RATE
+    else:
+        seconds = wav.numel() / SAMPLE_RATE
+    level, spread = pitch_stats(wav, SAMPLE_RATE)
+    if found.numel() and int((~speech).sum()) >= MIN_NOISE_S * SAMPLE_RATE:
+        snr, method = snr_db(wav, speech, SAMPLE_RATE), "vad"
+    else:
+        snr, method = _snr_quietest_frames(wav, SAMPLE_RATE), "quietest_frames"
+    return {
+        "phones_per_second": round(speaking_rate(num_phones, seconds), 4),
+        "pitch_hz": round(level, 3),
+        "pitch_std_semitones": round(spread, 4),
+        "snr_db": round(snr, 3),
+        "snr_method": method,
+    }
+
+
+def speaker_pitch_words(speaker_pitch: dict[str, float]) -> dict[str, str]:
+    """{speaker: PITCH_BINS word} from each speaker's median F0, ranked within the corpus."""
+    names = [name for _, name in PITCH_BINS]
+    ranked = sorted(speaker_pitch, key=lambda s: (speaker_pitch[s], s))
+    n = len(ranked)
+    return {s: names[int((rank + 0.5) * len(names) / n)] for rank, s in enumerate(ranked)}
 
 
 @dataclass
@@ -153,6 +210,7 @@ class Measures:
     pitch_hz: float
     pitch_std_semitones: float
     snr_db: float
+    snr_method: str = "vad"  # how snr_db was measured (informative; not binned)
 
     def words(self) -> dict[str, str]:
         return {
@@ -163,6 +221,16 @@ class Measures:
         }
 
 
-def describe(measures: Measures, speaker: str | None = None) -> str:
-    """The description sentence of TEMPLATE for these measurements."""
-    return TEMPLATE.format(speaker=speaker or "A speaker", **measures.words())
+def describe(
+    measures: Measures,
+    speaker: str | None = None,
+    style: str | None = None,
+    pitch_word: str | None = None,
+) -> str:
+    """The description sentence of TEMPLATE for these measurements (`pitch_word` replaces the
+    absolute pitch bin, e.g. by `speaker_pitch_words`)."""
+    words = measures.words()
+    if pitch_word is not None:
+        words["pitch"] = pitch_word
+    style_text = f" in a {style.replace('_', ' ')} style" if style and style != "default" else ""
+    return TEMPLATE.format(speaker=speaker or "A speaker", style=style_text, **words)

@@ -179,7 +179,7 @@ def read_libritts(root: Path, pcfg, work: Path) -> Corpus:
             splits[split] = CutSet.from_cuts(cut_list)
     if "train" not in splits:
         raise CorpusError("preprocess.libritts_train_subsets is empty: name at least one subset")
-    return Corpus(_held_out(splits, pcfg), rejected)
+    return Corpus(held_out(splits, pcfg), rejected)
 
 
 def read_ljspeech(root: Path, pcfg, work: Path) -> Corpus:
@@ -215,7 +215,7 @@ def read_ljspeech(root: Path, pcfg, work: Path) -> Corpus:
     )
     shutil.rmtree(shadow, ignore_errors=True)
     cuts = _cuts(recs, sups)
-    return Corpus(_held_out({"train": cuts}, pcfg), rejected)
+    return Corpus(held_out({"train": cuts}, pcfg), rejected)
 
 
 def read_custom(list_file: Path, pcfg, work: Path) -> Corpus:
@@ -265,10 +265,10 @@ def read_custom(list_file: Path, pcfg, work: Path) -> Corpus:
     cuts = _cuts(
         RecordingSet.from_recordings(recordings), SupervisionSet.from_segments(supervisions)
     )
-    return Corpus(_held_out({"train": cuts}, pcfg), rejected)
+    return Corpus(held_out({"train": cuts}, pcfg), rejected)
 
 
-def _held_out(splits: dict[str, CutSet], pcfg) -> dict[str, CutSet]:
+def held_out(splits: dict[str, CutSet], pcfg) -> dict[str, CutSet]:
     """Draw valid/test from train by fraction when the corpus has no such split."""
     need = {s: f for s, f in (("valid", pcfg.valid_fraction), ("test", pcfg.test_fraction))}
     need = {s: f for s, f in need.items() if s not in splits and f > 0}

@@ -22,10 +22,12 @@ runs per utterance (a frame's samples depend on its neighbours).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -40,6 +42,9 @@ log = logging.getLogger(__name__)
 OFFICIAL = "descript/dac_44khz"
 ALLOW_PATTERNS = ["config.json", "model.safetensors", "preprocessor_config.json"]
 META = "dac.json"
+ARCHITECTURE_KEYS = ("encoder_hidden_size", "downsampling_ratios", "decoder_hidden_size",
+                     "upsampling_ratios", "hidden_size", "n_codebooks", "codebook_size",
+                     "codebook_dim", "sampling_rate")  # fmt: skip
 RANDOM_INIT_WARNING = (
     "RANDOM-INIT DAC: the codec has random weights. Its codes and decoded audio are MEANINGLESS; "
     f"use it only for tests and the demo (the official codec: DacCodec.pretrained('{OFFICIAL}'))"
@@ -72,7 +77,7 @@ class DacCodec:
 
     @property
     def is_random_init(self) -> bool:
-        return self.source.get("source") == "random_init"
+        return self.source.get("source") == "random_init" or bool(self.source.get("random_init"))
 
     def to(self, device) -> DacCodec:
         self.model.to(device)
@@ -109,6 +114,45 @@ class DacCodec:
         return cls(model, num_codebooks, {"source": "random_init", "seed": seed})
 
     @classmethod
+    def from_parler_checkpoint(
+        cls, folder: str | os.PathLike, num_codebooks: int | None = None
+    ) -> DacCodec:
+        """The DAC stored inside a released-layout Parler-TTS folder: config.json's
+        `audio_encoder` + the `audio_encoder.*` tensors of model.safetensors (or its shards).
+        A folder whose config.json says `codectts_random_init` is labelled random-init."""
+        from transformers import DacConfig, DacModel
+
+        folder = Path(folder)
+        try:
+            hf = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+            enc = hf["audio_encoder"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise CodecError(
+                f"{folder / 'config.json'}: no Parler-TTS config with an audio_encoder "
+                f"({type(e).__name__}: {e})"
+            ) from None
+        if enc.get("model_type") not in ("dac_on_the_hub", "dac"):
+            raise CodecError(f"{folder}: audio_encoder is {enc.get('model_type')!r}, not a DAC")
+        state = _read_prefixed(folder, PACKAGE_PREFIX)
+        if not state:
+            raise CodecError(
+                f"{folder}: the checkpoint holds no {PACKAGE_PREFIX}* (DAC) weights; name a "
+                f"DacModel folder or hub id instead (preprocess.codec, e.g. {OFFICIAL!r})"
+            )
+        ours = dac_state_from_package(state)
+        model = DacModel(DacConfig(**dac_config_from_state(ours, int(enc["sampling_rate"]))))
+        result = model.load_state_dict(ours, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CodecError(
+                f"{folder}: DAC weights do not fit a DacModel: missing "
+                f"{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
+            )
+        n = num_codebooks or int(enc.get("num_codebooks", model.config.n_codebooks))
+        random_init = bool(hf.get("codectts_random_init", False))
+        source = {"source": "parler_checkpoint", "id": str(folder), "random_init": random_init}
+        return cls(model, n, source)
+
+    @classmethod
     def load(cls, folder: str | os.PathLike) -> DacCodec:
         """A codec written by `save`."""
         folder = Path(folder)
@@ -137,6 +181,17 @@ class DacCodec:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         return folder
+
+    def fingerprint(self) -> str:
+        """sha256 of the weights, the configuration and the codebooks used: equal fingerprints
+        give equal codes (stage-1 bookkeeping)."""
+        cfg = self.model.config  # its architecture only (save_pretrained adds bookkeeping keys)
+        arch = {k: getattr(cfg, k) for k in ARCHITECTURE_KEYS}
+        h = hashlib.sha256(json.dumps([arch, self.num_codebooks], sort_keys=True).encode())
+        for key, value in sorted(self.model.state_dict().items()):
+            h.update(key.encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+        return h.hexdigest()
 
     # ---------------------------------------------------------------- encode / decode
     def num_frames(self, num_samples: int) -> int:
@@ -200,3 +255,158 @@ def _from_folder(folder: Path):
             f"{folder}: cannot load the DAC ({type(e).__name__}: {str(e)[:300]}); the files are "
             "corrupt or not a transformers DacModel: download them again"
         ) from None
+
+
+# -------------------------------------------------------------------------------------------
+# The DAC stored inside a released Parler-TTS checkpoint
+# -------------------------------------------------------------------------------------------
+# The parler-tts package wraps descript-audio-codec's `DAC` as `audio_encoder.model`, so its
+# checkpoints store the codec under descript's module names with weight norm split into
+# `weight_g` / `weight_v` (or, saved by a newer torch, `parametrizations.weight.original0/1`).
+# The correspondence is the one transformers' DAC conversion script implements: descript
+# `encoder.block.0` = conv1, `encoder.block.i.block.j.block.k` = block i-1, residual unit j+1,
+# layer k; `encoder.block.i.block.3/4` = the block's snake / strided conv; the last two
+# `encoder.block.*` = final snake / conv; the decoder likewise under `decoder.model.*` (residual
+# units j-1; `block.0/1` = snake / transposed conv).
+PACKAGE_PREFIX = "audio_encoder.model."
+_RES = ("snake1", "conv1", "snake2", "conv2")  # layers of a residual unit, in descript's order
+_WEIGHT_NORM = {"weight_g": "g", "weight_v": "v", "parametrizations.weight.original0": "g",
+                "parametrizations.weight.original1": "v"}  # fmt: skip
+_I = r"(\d+)"
+# (descript module regex, DacModel module from the groups); `last` = final snake or conv
+_TO_OURS = [
+    (r"encoder\.block\.0", lambda last: "encoder.conv1"),
+    (rf"encoder\.block\.{_I}\.block\.{_I}\.block\.([0-3])",
+     lambda last, i, j, k: f"encoder.block.{i - 1}.res_unit{j + 1}.{_RES[k]}"),
+    (rf"encoder\.block\.{_I}\.block\.3", lambda last, i: f"encoder.block.{i - 1}.snake1"),
+    (rf"encoder\.block\.{_I}\.block\.4", lambda last, i: f"encoder.block.{i - 1}.conv1"),
+    (rf"encoder\.block\.{_I}", lambda last, i: f"encoder.{last}"),
+    (r"decoder\.model\.0", lambda last: "decoder.conv1"),
+    (rf"decoder\.model\.{_I}\.block\.{_I}\.block\.([0-3])",
+     lambda last, i, j, k: f"decoder.block.{i - 1}.res_unit{j - 1}.{_RES[k]}"),
+    (rf"decoder\.model\.{_I}\.block\.0", lambda last, i: f"decoder.block.{i - 1}.snake1"),
+    (rf"decoder\.model\.{_I}\.block\.1", lambda last, i: f"decoder.block.{i - 1}.conv_t1"),
+    (rf"decoder\.model\.{_I}", lambda last, i: f"decoder.{last}"),
+    (rf"quantizer\.quantizers\.{_I}\.(in_proj|out_proj|codebook)",
+     lambda last, i, name: f"quantizer.quantizers.{i}.{name}"),
+]  # fmt: skip
+
+
+def _match(rules: list, module: str, *first):
+    """The mapped name of the first rule whose regex matches all of `module` (else None)."""
+    for pattern, make in rules:
+        if m := re.fullmatch(pattern, module):
+            return make(*first, *(int(g) if g.isdigit() else g for g in m.groups()))
+    return None
+
+
+def _split_param(name: str) -> tuple[str, str]:
+    """`module.path.weight_g` -> ("module.path", "weight_g")."""
+    for suffix in _WEIGHT_NORM:
+        if name.endswith("." + suffix):
+            return name[: -len(suffix) - 1], suffix
+    module, _, param = name.rpartition(".")
+    return module, param
+
+
+def dac_state_from_package(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """descript / parler-tts DAC tensors (prefix removed) -> DacModel state dict, weight norm
+    folded as torch's weight-norm hook computes it at run time (`torch._weight_norm(v, g, 0)`)."""
+    ours: dict[str, torch.Tensor] = {}
+    norm: dict[str, dict[str, torch.Tensor]] = {}
+    unknown = []
+    for name, value in state.items():
+        module, param = _split_param(name)
+        target = _match(_TO_OURS, module, "snake1" if param == "alpha" else "conv2")
+        if target is None:
+            unknown.append(name)
+        elif param in _WEIGHT_NORM:
+            norm.setdefault(f"{target}.weight", {})[_WEIGHT_NORM[param]] = value
+        else:
+            ours[f"{target}.{param}"] = value
+    broken = sorted(k for k, gv in norm.items() if set(gv) != {"g", "v"})
+    if unknown or broken:
+        raise CodecError(
+            f"not a descript DAC state: unknown tensors {unknown[:5]} ({len(unknown)}), "
+            f"weight norm without its g/v partner {broken[:5]}"
+        )
+    for key, gv in norm.items():
+        ours[key] = torch._weight_norm(gv["v"], gv["g"], 0)
+    return ours
+
+
+def package_state_from_dac(model) -> dict[str, torch.Tensor]:
+    """The inverse (DacModel -> descript names, weight_g / weight_v, no prefix): how a DAC sits
+    inside a Parler-TTS checkpoint (the tiny random model folder is written this way)."""
+    n_enc, n_dec = len(model.encoder.block), len(model.decoder.block)
+    to_package = [
+        (r"encoder\.conv1", lambda: "encoder.block.0"),
+        (rf"encoder\.block\.{_I}\.res_unit{_I}\.(\w+)",
+         lambda i, j, layer: f"encoder.block.{i + 1}.block.{j - 1}.block.{_RES.index(layer)}"),
+        (rf"encoder\.block\.{_I}\.snake1", lambda i: f"encoder.block.{i + 1}.block.3"),
+        (rf"encoder\.block\.{_I}\.conv1", lambda i: f"encoder.block.{i + 1}.block.4"),
+        (r"encoder\.snake1", lambda: f"encoder.block.{n_enc + 1}"),
+        (r"encoder\.conv2", lambda: f"encoder.block.{n_enc + 2}"),
+        (r"decoder\.conv1", lambda: "decoder.model.0"),
+        (rf"decoder\.block\.{_I}\.res_unit{_I}\.(\w+)",
+         lambda i, j, layer: f"decoder.model.{i + 1}.block.{j + 1}.block.{_RES.index(layer)}"),
+        (rf"decoder\.block\.{_I}\.snake1", lambda i: f"decoder.model.{i + 1}.block.0"),
+        (rf"decoder\.block\.{_I}\.conv_t1", lambda i: f"decoder.model.{i + 1}.block.1"),
+        (r"decoder\.snake1", lambda: f"decoder.model.{n_dec + 1}"),
+        (r"decoder\.conv2", lambda: f"decoder.model.{n_dec + 2}"),
+        (r"(quantizer\.quantizers\.\d+\.\w+)", lambda same: same),
+    ]  # fmt: skip
+    out = {}
+    for key, value in model.state_dict().items():
+        module, param = key.rsplit(".", 1)
+        target = _match(to_package, module)
+        if param == "weight" and not module.endswith("codebook"):  # weight-normed in descript
+            out[f"{target}.weight_g"] = torch.norm_except_dim(value, 2, 0)
+            out[f"{target}.weight_v"] = value.clone()
+        else:
+            out[f"{target}.{param}"] = value.clone()
+    return out
+
+
+def dac_config_from_state(state: dict[str, torch.Tensor], sampling_rate: int) -> dict:
+    """DacConfig arguments read off the tensor shapes (the package's audio_encoder config names
+    only codebooks, latent size and rate; the network sizes are implied by the weights)."""
+    n_enc = sum(1 for k in state if re.fullmatch(r"encoder\.block\.\d+\.conv1\.weight", k))
+    n_dec = sum(1 for k in state if re.fullmatch(r"decoder\.block\.\d+\.conv_t1\.weight", k))
+    n_q = sum(1 for k in state if re.fullmatch(r"quantizer\.quantizers\.\d+\.codebook\.weight", k))
+    codebook = state["quantizer.quantizers.0.codebook.weight"]
+    return dict(
+        encoder_hidden_size=state["encoder.conv1.weight"].shape[0],
+        downsampling_ratios=[state[f"encoder.block.{i}.conv1.weight"].shape[2] // 2
+                             for i in range(n_enc)],
+        decoder_hidden_size=state["decoder.conv1.weight"].shape[0],
+        upsampling_ratios=[state[f"decoder.block.{i}.conv_t1.weight"].shape[2] // 2
+                           for i in range(n_dec)],
+        hidden_size=state["encoder.conv2.weight"].shape[0],
+        n_codebooks=n_q, codebook_size=codebook.shape[0], codebook_dim=codebook.shape[1],
+        sampling_rate=sampling_rate,
+    )  # fmt: skip
+
+
+def _read_prefixed(folder: Path, prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with `prefix` (removed), from model.safetensors or the
+    shards its index names; only those tensors are read."""
+    from safetensors import safe_open
+
+    files = [folder / "model.safetensors"]
+    index = folder / "model.safetensors.index.json"
+    if not files[0].is_file() and index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        files = sorted({folder / f for k, f in weight_map.items() if k.startswith(prefix)})
+    out = {}
+    for file in files:
+        try:
+            with safe_open(str(file), framework="pt") as f:
+                for key in f.keys():
+                    if key.startswith(prefix):
+                        out[key[len(prefix) :]] = f.get_tensor(key)
+        except Exception as e:  # missing, truncated or corrupt file
+            raise CodecError(
+                f"{file}: cannot read the DAC weights ({type(e).__name__}: {e})"
+            ) from None
+    return out

@@ -1,0 +1,72 @@
+"""Parler-TTS recipe stage 1: lhotse manifests, DAC codes, descriptions and token ids.
+
+    [CUDA_VISIBLE_DEVICES=0,1] python bins/tts/parler_preprocess.py --config C [--num_workers N]
+
+All settings come from the config's `preprocess` section and `model.pretrained` (the released-
+layout Parler-TTS folder or hub id whose tokenizer makes the ids and, with preprocess.codec = "",
+whose DAC makes the codes); see preprocessors/parler_pipeline.py. Work is split over every
+visible GPU (run.sh's --gpu sets CUDA_VISIBLE_DEVICES), else the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from bins.tts.preprocess import choose_devices
+from models.codec.dac import CodecError
+from models.tts.parler.pretrained import ParlerLoadError, load_tokenizer, resolve_folder
+from preprocessors.annotate import AnnotationError
+from preprocessors.corpora import CorpusError
+from preprocessors.parler_pipeline import ParlerStageError, run_parler_stage1
+from text.g2p import G2PError
+from utils.config_loader import ConfigError, resolve_path
+from utils.config_parler import load_parler_config
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="json5 recipe config")
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="DAC worker processes per device (default: preprocess.num_workers)",
+    )
+    return parser.parse_args(argv)
+
+
+def model_folder(pretrained: str):
+    """`model.pretrained` as a local folder: a path (relative = repository root) or a hub id."""
+    path = resolve_path(pretrained)
+    return resolve_folder(str(path) if path.is_dir() else pretrained)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )
+    try:
+        cfg = load_parler_config(args.config)
+        workers = args.num_workers if args.num_workers is not None else cfg.preprocess.num_workers
+        if workers < 1:
+            raise ConfigError(f"--num_workers must be >= 1 (got {workers})")
+        folder = model_folder(cfg.model.pretrained)
+        run_parler_stage1(cfg, folder, load_tokenizer(folder), choose_devices(), workers)
+    except (ConfigError, CorpusError, CodecError, ParlerStageError, ParlerLoadError, G2PError,
+            AnnotationError) as e:  # fmt: skip
+        print(f"parler_preprocess.py: ERROR: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("parler_preprocess.py: interrupted; re-run to resume (finished shards are kept)",
+              file=sys.stderr)  # fmt: skip
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
