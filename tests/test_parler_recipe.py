@@ -14,6 +14,7 @@ from parler_world import HOP, make_model_folder, make_stage1, write_config
 from safetensors.torch import load_file
 
 from models.base.train_data import DataError
+from models.codec.dac import DacCodec
 from models.tts.parler import trainer as parler_trainer
 from models.tts.parler.dataset import ParlerDataset
 from models.tts.parler.pretrained import load_pretrained
@@ -140,6 +141,9 @@ def test_resume_is_bitwise_exact_and_export_loads(tmp_path, world):
     exported = load_pretrained(out).state_dict()
     assert all(torch.equal(exported[k], a[k]) for k in a)
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()
+    codes = torch.randint(0, 1024, (5, 4))  # the folder carries the experiment's DAC too
+    inside, stage1 = DacCodec.from_parler_checkpoint(out), DacCodec.load(data / "codec")
+    assert torch.allclose(inside.decode([codes])[0], stage1.decode([codes])[0], atol=1e-6)
 
 
 def test_stage1_of_another_model_is_refused(tmp_path, world):

@@ -5,7 +5,7 @@ results.jsonl; this module supplies what is Parler's:
 * where the weights come from (`find_model_source`): one of our experiments (its latest or best
   checkpoint; architecture and tokenizer from `<exp>/parler/`, codec = the experiment's stage-1
   DAC), one checkpoint folder, or a released-layout folder / hub id (`parler-tts/...`; codec =
-  `inference.codec`, default the official DAC `descript/dac_44khz`);
+  the DAC inside its checkpoint); `inference.codec` names another (e.g. `descript/dac_44khz`);
 * the line format `description|text[|name]` (`parse_line`);
 * the `Synthesis` (`ParlerSynthesizer`): the tokenizer makes the description and transcript ids,
   `generate.py` decodes a whole batch at once (KV cache, per-item EOS, each item sampling from
@@ -23,7 +23,7 @@ import torch
 from lhotse.dataset.collation import collate_vectors
 
 from models.base.inference import InferenceError, output_name
-from models.codec.dac import OFFICIAL, CodecError, DacCodec
+from models.codec.dac import CodecError, DacCodec
 from models.tts.parler.generate import generate
 from models.tts.parler.parler import ParlerTTS
 from models.tts.parler.pretrained import (
@@ -34,9 +34,9 @@ from models.tts.parler.pretrained import (
     read_weights,
     resolve_folder,
 )
-from models.tts.parler.trainer import experiment_model_dir
+from models.tts.parler.trainer import experiment_codec, experiment_model_dir
 from utils.checkpoint import CheckpointError, load_weights, resolve_checkpoint
-from utils.config import read_json5, resolve_path
+from utils.config import read_json5
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +49,10 @@ class ModelSource:
     root: Path  # the experiment or the release folder
     folder: Path  # released-layout files: config.json, tokenizer (our experiments: <exp>/parler)
     weights: Path  # model.safetensors (released: the folder's, maybe sharded)
-    codec: str  # DAC: a folder written by DacCodec.save, a DacModel folder or a hub id
+    codec: str  # DAC: a DacCodec.save folder, a DacModel folder or hub id; "" = inside `folder`
 
     def describe(self) -> str:
         return f"{self.kind} {self.root} (weights {self.weights}, codec {self.codec})"
-
-
-def _experiment_codec(root: Path) -> str:
-    """The stage-1 DAC of an experiment: <processed_dir>/codec of its saved config."""
-    try:
-        processed = read_json5(root / "config.json")["preprocess"]["processed_dir"]
-    except (OSError, KeyError, TypeError, ValueError):
-        raise InferenceError(f"{root / 'config.json'}: no preprocess.processed_dir (is this a "
-                             "Parler-TTS experiment?)") from None  # fmt: skip
-    return str(resolve_path(processed) / "codec")
 
 
 def find_model_source(path: str | Path, which: str = "latest", codec: str = "") -> ModelSource:
@@ -74,14 +64,17 @@ def find_model_source(path: str | Path, which: str = "latest", codec: str = "") 
             folder = resolve_folder(path)
         except ParlerLoadError as e:
             raise InferenceError(str(e)) from None
-        return ModelSource("release", folder, folder, folder / "model.safetensors",
-                           codec or OFFICIAL)  # fmt: skip
+        return ModelSource("release", folder, folder, folder / "model.safetensors", codec)
     try:
         found = resolve_checkpoint(p, which)
     except CheckpointError as e:
         raise InferenceError(f"{e} (or a released Parler-TTS folder / hub id)") from None
+    try:
+        codec = codec or str(experiment_codec(found.root))
+    except ParlerLoadError as e:
+        raise InferenceError(str(e)) from None
     return ModelSource(found.kind, found.root, experiment_model_dir(found.folder), found.weights,
-                       codec or _experiment_codec(found.root))  # fmt: skip
+                       codec)  # fmt: skip
 
 
 def load_model(source: ModelSource, device: torch.device | str = "cpu") -> ParlerTTS:
@@ -99,9 +92,12 @@ def load_model(source: ModelSource, device: torch.device | str = "cpu") -> Parle
 
 
 def load_codec(source: ModelSource, device: torch.device | str = "cpu") -> DacCodec:
-    """A codec saved by stage 1 (dac.json), else official weights from a folder or hub id."""
+    """The DAC inside a released folder (codec ""), one saved by stage 1 (dac.json), or
+    official weights from a DacModel folder or hub id (e.g. descript/dac_44khz)."""
     where = Path(source.codec)
     try:
+        if not source.codec:
+            return DacCodec.from_parler_checkpoint(source.folder).to(device)
         if (where / "dac.json").is_file():
             return DacCodec.load(where).to(device)
         num_codebooks = read_config(source.folder).num_codebooks

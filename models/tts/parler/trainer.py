@@ -35,6 +35,7 @@ from models.base.train_data import DataError, ResumableBatches, make_loader, mak
 from models.base.train_recipe import TrainRecipe
 from models.base.trainer import parse_args as engine_args
 from models.base.trainer import train
+from models.codec.dac import PACKAGE_PREFIX, DacCodec, package_state_from_dac
 from models.tts.parler.dataset import ParlerDataset, check_cut, load_split, read_stage1
 from models.tts.parler.parler import ParlerConfig, ParlerTTS
 from models.tts.parler.pretrained import (
@@ -46,7 +47,7 @@ from models.tts.parler.pretrained import (
     resolve_folder,
 )
 from utils.checkpoint import CheckpointError, atomic_directory, load_weights, resolve_checkpoint
-from utils.config import resolve_path
+from utils.config import read_json5, resolve_path
 from utils.config_parler import load_parler_config
 
 logger = logging.getLogger("codectts.train")
@@ -101,18 +102,17 @@ def experiment_model_dir(ckpt: Path) -> Path:
     return ckpt.parent.parent / MODEL_DIR
 
 
-def copy_model_files(src: Path, dst: Path, model: ParlerTTS | None = None) -> None:
+def copy_model_files(src: Path, dst: Path, tensors: dict | None = None) -> None:
     """The released-layout files other than weights (config, generation config, tokenizer)
-    into a new folder `dst`, written atomically; with `model`, its weights too."""
-    from safetensors.torch import save_model
+    into a new folder `dst`, written atomically; with `tensors`, model.safetensors too."""
+    from safetensors.torch import save_file
 
     with atomic_directory(dst) as tmp:
         for name in MODEL_FILES:
             if (src / name).is_file():
                 shutil.copyfile(src / name, tmp / name)
-        if model is not None:  # T5's tied pair stored once, as load_state accepts
-            save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"},
-                       force_contiguous=True)  # fmt: skip
+        if tensors is not None:
+            save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
 
 
 def trainable_parameters(model: ParlerTTS, train_prompt_embedding: bool) -> list:
@@ -233,6 +233,21 @@ def export_release(expt: str | Path, output_dir: Path, which: str = "latest") ->
     src = experiment_model_dir(found.folder)
     model = ParlerTTS(read_config(src))
     load_state(model, load_weights(found.folder), found.weights)
-    copy_model_files(src, output_dir, model)
-    logger.info("exported %s -> %s", found.folder, output_dir)
+    # every name stored (T5's tied pair twice, as the package saves), plus the experiment's DAC
+    # under the package's audio_encoder.model.* names, so the folder holds its codec too
+    tensors = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    codec = DacCodec.load(experiment_codec(found.root))
+    tensors.update({PACKAGE_PREFIX + k: v for k, v in package_state_from_dac(codec.model).items()})
+    copy_model_files(src, output_dir, tensors)
+    logger.info("exported %s (+ the DAC of %s) -> %s", found.folder, codec.source, output_dir)
     return output_dir
+
+
+def experiment_codec(root: Path) -> Path:
+    """The stage-1 DAC of an experiment: <processed_dir>/codec of its saved config."""
+    try:
+        processed = read_json5(root / "config.json")["preprocess"]["processed_dir"]
+    except (OSError, KeyError, TypeError, ValueError):
+        raise ParlerLoadError(f"{root / 'config.json'}: no preprocess.processed_dir (is this a "
+                              "Parler-TTS experiment?)") from None  # fmt: skip
+    return resolve_path(processed) / "codec"
