@@ -13,6 +13,7 @@ from parler_fixture import FIXTURE, load_fixture, rel_err
 from parler_world import HOP, make_model_folder, make_stage1, write_config
 from safetensors.torch import load_file
 
+from bins.tts import parler_export
 from models.base.train_data import DataError
 from models.codec.dac import DacCodec
 from models.tts.parler import trainer as parler_trainer
@@ -137,7 +138,9 @@ def test_resume_is_bitwise_exact_and_export_loads(tmp_path, world):
         for n in ("whole", "split")
     ]  # fmt: skip
     assert logs[0] == logs[1] and len(logs[0]) == 6
-    out = parler_trainer.export_release(tmp_path / "exp" / "whole", tmp_path / "release")
+    assert parler_export.main(["--expt_dir", str(tmp_path / "exp" / "whole"), "--output_dir",
+                               str(tmp_path / "release")]) == 0  # fmt: skip
+    out = tmp_path / "release"
     exported = load_pretrained(out).state_dict()
     assert all(torch.equal(exported[k], a[k]) for k in a)
     assert (out / "tokenizer.json").is_file() and (out / "config.json").is_file()

@@ -109,12 +109,8 @@ if stage_selected 3; then
     --top_k "$infer_top_k" --top_p "$infer_top_p" --temperature "$infer_temperature" \
     --seed "$infer_seed" --batch_size "$infer_batch_size" \
     --max_new_tokens "$infer_max_new_tokens")
-  run_dir_file=$(mktemp)
-  trap 'rm -f "$run_dir_file"' EXIT
-  python bins/tts/parler_inference.py --config "$config" --expt_dir "$infer_expt_dir" \
-    --mode "$infer_mode" --overwrite "$overwrite" --run_dir_file "$run_dir_file" \
-    ${extra[@]+"${extra[@]}"}
-  infer_run_dir=$(cat "$run_dir_file"); rm -f "$run_dir_file"
+  run_inference bins/tts/parler_inference.py --config "$config" --expt_dir "$infer_expt_dir" \
+    --mode "$infer_mode" --overwrite "$overwrite" ${extra[@]+"${extra[@]}"}
   log "Stage 3 wrote $infer_run_dir"
   [ -n "$eval_input_dir" ] || eval_input_dir=$infer_run_dir
 fi
@@ -122,7 +118,7 @@ fi
 if stage_selected 4; then
   log "Stage 4: evaluation of $eval_input_dir"
   mapfile -d '' extra < <(flags --output_dir "$eval_output_dir")
-  python bins/tts/evaluate.py --config "$config" --input_dir "$eval_input_dir" \
+  python bins/tts/evaluate.py --config "$config" --recipe parler --input_dir "$eval_input_dir" \
     ${extra[@]+"${extra[@]}"}
 fi
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,6 +131,21 @@ def parse_line(raw: str, lineno: int, folder: Path) -> Request:
                    fields[1], lineno)  # fmt: skip
 
 
+# Capitalised words that open descriptions without naming anyone ("A man ...", "Her voice ...").
+NOT_NAMES = {"a", "an", "the", "this", "that", "her", "his", "she", "he", "their", "its", "in",
+             "with", "very", "slightly", "quite", "male", "female", "speaker", "voice"}  # fmt: skip
+
+
+def speaker_name(description: str) -> str | None:
+    """The speaker a description names, as the released models' named voices are prompted
+    ("Jerry speaks ...", "Thomas's voice is ..."): its first word when capitalised and not a
+    common opener (NOT_NAMES); None otherwise. Stage 4 compares outputs of the same name."""
+    match = re.match(r"\s*([A-Z][a-z]+)(?:'s)?\b", description)
+    if match is None or match.group(1).lower() in NOT_NAMES:
+        return None
+    return match.group(1)
+
+
 @dataclass
 class Prepared:
     utt: Request
@@ -191,7 +207,8 @@ class ParlerSynthesizer:
         return self.codec.decode([codes.to(self.codec.device)])[0]
 
     def record(self, item: Prepared) -> dict:
-        return {"description_tokens": len(item.description_ids),
+        return {"speaker": speaker_name(item.utt.description),
+                "description_tokens": len(item.description_ids),
                 "text_tokens": len(item.prompt_ids)}  # fmt: skip
 
 
