@@ -94,7 +94,7 @@ def read_custom_list(list_file: Path, pcfg) -> Corpus:
             rejected.append(reject(utt_id, path, cut, f"line {lineno}"))
         else:
             cuts.append(cut)
-    return Corpus(held_out({"train": CutSet.from_cuts(cuts)}, pcfg), rejected)
+    return Corpus(held_out({"train": CutSet.from_cuts(cuts)}, corpus_settings(pcfg)), rejected)
 
 
 def _expresso_transcripts(root: Path, rejected: list[dict]) -> dict[str, str]:
@@ -165,7 +165,7 @@ def read_expresso(root: Path, pcfg) -> Corpus:
         if (not styles or style in styles) and "longform" not in utt_id:
             rejected.append(reject(utt_id, read / speaker / style / "base", "missing_audio"))
     out = {s: CutSet.from_cuts(c) for s, c in kept.items() if c or s == "train"}
-    return Corpus(held_out(out, pcfg) if splits is None else out, rejected)
+    return Corpus(held_out(out, corpus_settings(pcfg)) if splits is None else out, rejected)
 
 
 def corpus_files(kind: str, root: Path, pcfg) -> list[Path]:

@@ -30,9 +30,11 @@ import statistics
 import time
 import zlib
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
 
 from lhotse import CutSet
+from lhotse.utils import fastcopy
 
 from models.codec.dac import DacCodec
 from models.codec.encodec import codec_span, file_sha256
@@ -107,11 +109,23 @@ def read_corpus(name: str, root: Path, pcfg, work: Path) -> Corpus:
     if kind == "expresso":
         return read_expresso(root, pcfg)
     corpus = read_libritts(root, corpus_settings(pcfg), work)
+    genders = libritts_genders(root)
     for split, cuts in corpus.splits.items():
         corpus.splits[split] = CutSet.from_cuts(
-            c.with_custom("description", None).with_custom("style", None) for c in cuts
-        )
+            fastcopy(c, supervisions=[fastcopy(s, gender=s.gender or genders.get(s.speaker))
+                                      for s in c.supervisions])
+            .with_custom("description", None).with_custom("style", None)
+            for c in cuts
+        )  # fmt: skip
     return corpus
+
+
+def libritts_genders(root: Path) -> dict[str, str]:
+    """{speaker id: "F" | "M"} from LibriTTS' SPEAKERS.txt (`;ID |SEX| SUBSET |MINUTES| NAME`)."""
+    path = root / "SPEAKERS.txt"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    fields = [[f.strip() for f in line.split("|")] for line in lines if not line.startswith(";")]
+    return {f[0]: f[1] for f in fields if len(f) >= 2 and f[1] in GENDER_WORDS}
 
 
 # ------------------------------------------------------------------ codec
@@ -299,8 +313,8 @@ def merge_dataset(name: str, kept: dict, tasks: list, rejected: list, out: Path,
 
 # ------------------------------------------------------------------ the stage
 def fingerprint(cfg: ParlerConfig, roots: dict, folder: Path, codec_fp: str) -> str:
-    """Everything the outputs depend on: settings, corpus files (names, sizes, mtimes), the
-    codec's weights, the tokenizer files, the G2P version."""
+    """Everything the outputs depend on: settings (not the worker count), corpus files (names,
+    sizes, mtimes), the codec's weights, the tokenizer files, the G2P version."""
     files = []
     for name, root in roots.items():
         for f in corpus_files(corpus_kind(name), root, cfg.preprocess):
@@ -311,7 +325,8 @@ def fingerprint(cfg: ParlerConfig, roots: dict, folder: Path, codec_fp: str) -> 
                 files.append((str(f), "missing"))
     tokenizer = [file_sha256(folder / n) for n in ("tokenizer.json", "tokenizer_config.json")
                  if (folder / n).is_file()]  # fmt: skip
-    settings = {"format": STAGE1_FORMAT, "measures": MEASURE_FORMAT, "preprocess": cfg.preprocess,
+    preprocess = {k: v for k, v in asdict(cfg.preprocess).items() if k != "num_workers"}
+    settings = {"format": STAGE1_FORMAT, "measures": MEASURE_FORMAT, "preprocess": preprocess,
                 "datasets": roots, "codec": codec_fp, "tokenizer": tokenizer,
                 "g2p": g2p_version(cfg.preprocess.phone_language)}  # fmt: skip
     return _sha([settings, files])

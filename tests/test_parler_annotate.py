@@ -10,10 +10,12 @@ import torch
 from preprocessors.annotate import (
     MONOTONY_BINS,
     NOISE_BINS,
+    PITCH_BINS,
     RATE_BINS,
     AnnotationError,
     Measures,
     describe,
+    measure,
     pitch_stats,
     silero_speech_mask,
     snr_db,
@@ -80,3 +82,65 @@ def test_silero_finds_speech_in_a_voiced_burst_only():
     wav[SR : 2 * SR] = voiced(torch.full((SR,), 150.0))
     mask = silero_speech_mask(wav, SR)
     assert mask.shape == wav.shape and not mask[: SR // 2].any() and mask[SR : 2 * SR].any()
+
+
+def espeak(text: str, speed: int, pitch: int = 50) -> torch.Tensor:
+    """espeak-ng speech at SR (controlled speaking rate and pitch)."""
+    import io
+    import subprocess
+
+    import soundfile as sf
+
+    from utils.audio import resample
+
+    out = subprocess.run(["espeak-ng", "-s", str(speed), "-p", str(pitch), "--stdout", text],
+                         capture_output=True, check=True).stdout  # fmt: skip
+    x, rate = sf.read(io.BytesIO(out), dtype="float32")
+    return resample(torch.from_numpy(x), rate, SR)
+
+
+TEXT = "The quick brown fox jumps over the lazy dog, and then it runs away into the forest."
+
+
+def test_measures_follow_the_speech():
+    """Faster speech -> more phones per second -> "fast"; a lower espeak pitch -> lower F0;
+    added noise -> lower SNR -> "very noisy"."""
+    from preprocessors.parler_tokens import count_phones
+
+    phones = count_phones(TEXT, "en-us")
+    assert 55 <= phones <= 75  # G2P phones without word separators and punctuation
+    slow, fast = measure(espeak(TEXT, 90), phones), measure(espeak(TEXT, 300), phones)
+    assert fast["phones_per_second"] > 2.5 * slow["phones_per_second"]
+    assert word(slow["phones_per_second"], RATE_BINS) in ("very slowly", "slowly")
+    assert word(fast["phones_per_second"], RATE_BINS) in ("fast", "very fast")
+    low, high = measure(espeak(TEXT, 160, 10), phones), measure(espeak(TEXT, 160, 90), phones)
+    assert low["pitch_hz"] < 0.7 * high["pitch_hz"]
+    clean = espeak(TEXT, 160)
+    noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))
+    noisy = clean + noise * clean.pow(2).mean().sqrt() / 10 ** (3 / 20)  # speech 3 dB above
+    m = measure(noisy, phones)
+    assert m["snr_db"] < 10 < measure(clean, phones)["snr_db"]
+    assert describe(Measures(**m)).endswith("in a very noisy recording.")
+
+
+def test_snr_without_silence_uses_the_quietest_frames():
+    """No non-speech for the VAD (a continuous voice) -> the quietest-frames estimate."""
+    t = torch.arange(2 * SR) / SR
+    tone = voiced(torch.full((2 * SR,), 150.0)) * (0.2 + 0.8 * (t > 0.2))  # 0.2 s quieter start
+    m = measure(tone, 20)
+    assert m["snr_method"] == "quietest_frames" and math.isfinite(m["snr_db"])
+
+
+def test_speaker_pitch_relative_to_the_corpus_and_style():
+    from preprocessors.annotate import speaker_pitch_words
+
+    assert speaker_pitch_words({"a": 120.0}) == {"a": "moderate-pitch"}
+    assert speaker_pitch_words({"a": 90.0, "b": 95.0}) == {"a": "low-pitched", "b": "high-pitched"}
+    five = speaker_pitch_words({s: 100.0 + i for i, s in enumerate("abcde")})
+    assert list(five.values()) == [name for _, name in PITCH_BINS]
+    m = Measures(phones_per_second=20, pitch_hz=120, pitch_std_semitones=1.0, snr_db=50)
+    assert describe(m, "Talia", "happy", "high-pitched") == (
+        "Talia speaks very fast in a happy style with a high-pitched voice that sounds very "
+        "monotone, in a very clean recording."
+    )
+    assert describe(m, "Jerry", "default").startswith("Jerry speaks very fast with a low-pitched")

@@ -13,16 +13,20 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
+from bins.tts._cli import run_reporting
 from bins.tts.preprocess import choose_devices
 from models.codec.dac import CodecError
 from models.tts.parler.pretrained import ParlerLoadError, load_tokenizer, resolve_folder
 from preprocessors.annotate import AnnotationError
 from preprocessors.corpora import CorpusError
-from preprocessors.parler_pipeline import ParlerStageError, run_parler_stage1
+from preprocessors.parler_pipeline import ParlerStageError, corpus_roots, run_parler_stage1
 from text.g2p import G2PError
 from utils.config_loader import ConfigError, resolve_path
 from utils.config_parler import load_parler_config
+
+log = logging.getLogger("parler_preprocess")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,35 +41,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def model_folder(pretrained: str):
+def model_folder(pretrained: str) -> Path:
     """`model.pretrained` as a local folder: a path (relative = repository root) or a hub id."""
     path = resolve_path(pretrained)
     return resolve_folder(str(path) if path.is_dir() else pretrained)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-    )
+def run(args: argparse.Namespace) -> int:
+    cfg = load_parler_config(args.config)
+    workers = args.num_workers if args.num_workers is not None else cfg.preprocess.num_workers
+    if workers < 1:
+        raise ConfigError(f"--num_workers must be >= 1 (got {workers})")
+    corpus_roots(cfg)  # wrong corpus paths fail before the model is fetched
+    folder = model_folder(cfg.model.pretrained)
     try:
-        cfg = load_parler_config(args.config)
-        workers = args.num_workers if args.num_workers is not None else cfg.preprocess.num_workers
-        if workers < 1:
-            raise ConfigError(f"--num_workers must be >= 1 (got {workers})")
-        folder = model_folder(cfg.model.pretrained)
         run_parler_stage1(cfg, folder, load_tokenizer(folder), choose_devices(), workers)
-    except (ConfigError, CorpusError, CodecError, ParlerStageError, ParlerLoadError, G2PError,
-            AnnotationError) as e:  # fmt: skip
-        print(f"parler_preprocess.py: ERROR: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print("parler_preprocess.py: interrupted; re-run to resume (finished shards are kept)",
-              file=sys.stderr)  # fmt: skip
+        log.error("interrupted; re-run to resume (finished shards are kept)")
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    expected = (ConfigError, CorpusError, CodecError, ParlerStageError, ParlerLoadError,
+                G2PError, AnnotationError)  # fmt: skip
+    return run_reporting(run, parse_args(argv), expected, log)
 
 
 if __name__ == "__main__":
