@@ -5,12 +5,15 @@ layout. A tiny world (tests/parler_world.py): the fixture's model + a stage-1 ou
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
 from parler_fixture import FIXTURE, load_fixture, rel_err
-from parler_world import HOP, make_model_folder, make_stage1, write_config
+from parler_world import HOP, REPO, make_model_folder, make_stage1, write_config
 from safetensors.torch import load_file
 
 from bins.tts import parler_export
@@ -19,7 +22,7 @@ from models.codec.dac import DacCodec
 from models.tts.parler import trainer as parler_trainer
 from models.tts.parler.dataset import ParlerDataset
 from models.tts.parler.pretrained import load_pretrained
-from utils.checkpoint import list_checkpoints, load_weights
+from utils.checkpoint import list_checkpoints, load_training_state, load_weights
 from utils.config_parler import load_parler_config
 
 
@@ -164,3 +167,29 @@ def test_stage1_of_another_model_is_refused(tmp_path, world):
             ).check_data()
     finally:
         (data / "moved.json").rename(data / "stage1.done.json")
+
+
+def run_ddp(cfg, name: str, *extra: str):
+    """Two CPU processes (gloo) under torch.distributed.run, as accelerate launch would start."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "bins/tts/parler_train.py", "--config", str(cfg), "--exp_name", name,
+           *extra]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def test_two_processes_and_their_resume_are_exact(tmp_path, world):
+    """DDP (frozen T5 parameters, per-rank shards): 2 + resume to 4 steps == 4 steps, bitwise."""
+    root, model, data = world
+    whole = write_config(tmp_path / "a.json", data, model, tmp_path / "exp", max_steps=4,
+                         batch_size=1)  # fmt: skip
+    part = write_config(tmp_path / "b.json", data, model, tmp_path / "exp", max_steps=2,
+                        batch_size=1)  # fmt: skip
+    run_ddp(whole, "whole")
+    run_ddp(part, "split")
+    run_ddp(whole, "split", "--resume", "true")
+    a, b = (load_weights(list_checkpoints(tmp_path / "exp" / n)[-1]) for n in ("whole", "split"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    state = load_training_state(list_checkpoints(tmp_path / "exp" / "split")[-1])
+    assert state["world_size"] == 2 and len(state["rng"]) == 2
