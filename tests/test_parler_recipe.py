@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from bins.tts import parler_export
 from models.base.train_data import DataError
+from models.base.train_state import TrainingError
 from models.codec.dac import DacCodec
 from models.tts.parler import trainer as parler_trainer
 from models.tts.parler.dataset import ParlerDataset
@@ -132,6 +133,10 @@ def test_resume_is_bitwise_exact_and_export_loads(tmp_path, world):
     part = write_config(tmp_path / "b.json", data, model, tmp_path / "exp", max_steps=2)
     assert train(whole, "whole") == 0
     assert train(part, "split") == 0
+    frozen = write_config(tmp_path / "f.json", data, model, tmp_path / "exp", max_steps=6,
+                          train_prompt_embedding=False)  # fmt: skip
+    with pytest.raises(TrainingError, match="train_prompt_embedding = true"):
+        train(frozen, "split", "--resume", "true")  # other trainable parameters: refused
     assert train(whole, "split", "--resume", "true") == 0
     a, b = (load_weights(list_checkpoints(tmp_path / "exp" / n)[-1]) for n in ("whole", "split"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -22,6 +22,7 @@ LINES = [
     "clear happy voice|speak with high pitch please|third",
     "|no description",
     "calm clear voice|a b c d e f g|first",
+    "a calm voice|" + "a very long transcript " * 12,  # + 24 new tokens > 256 positions
 ]
 
 
@@ -55,8 +56,9 @@ def test_batch_equals_single_and_bad_lines_reported(world, tmp_path):
     assert infer(cfg, exp, tmp_path / "b1", *batch_args, "--batch_size", "1") == 1
     three, one = results(tmp_path / "b3" / "batch"), results(tmp_path / "b1" / "batch")
     errors = [r for r in three if "error" in r]
-    assert [r["line"] for r in errors] == [3, 5, 6]
+    assert [r["line"] for r in errors] == [3, 5, 6, 7]
     assert "output name 'first' is already used by line 1" in errors[2]["error"]
+    assert "max_position_embeddings = 256" in errors[3]["error"]
     good = [r for r in three if "error" not in r]
     assert sorted(r["name"] for r in good) == ["2", "first", "third"]
     assert {r["batch_size"] for r in good} == {3}

@@ -33,6 +33,7 @@ from lhotse import CutSet
 
 from models.base.train_data import DataError, ResumableBatches, make_loader, make_sampler
 from models.base.train_recipe import TrainRecipe
+from models.base.train_state import TrainingError
 from models.base.trainer import parse_args as engine_args
 from models.base.trainer import train
 from models.codec.dac import PACKAGE_PREFIX, DacCodec, package_state_from_dac
@@ -46,7 +47,13 @@ from models.tts.parler.pretrained import (
     read_config,
     resolve_folder,
 )
-from utils.checkpoint import CheckpointError, atomic_directory, load_weights, resolve_checkpoint
+from utils.checkpoint import (
+    CheckpointError,
+    atomic_directory,
+    load_weights,
+    read_meta,
+    resolve_checkpoint,
+)
 from utils.config import read_json5, resolve_path
 from utils.config_parler import load_parler_config
 
@@ -201,11 +208,23 @@ class ParlerTrainRecipe(TrainRecipe):
         return make_loader(dataset, batches, num_workers), batches
 
     def build_model(self, init_from: Path | None) -> tuple[ParlerTTS, list]:
+        train_prompt = self.cfg.train.train_prompt_embedding
+        if init_from is not None and self.args.resume and self.args.resume_type == "resume":
+            recorded = read_meta(init_from).get("train_prompt_embedding", train_prompt)
+            if recorded != train_prompt:  # the optimizer state holds other parameters
+                raise TrainingError(
+                    f"{init_from} was trained with train.train_prompt_embedding = "
+                    f"{str(recorded).lower()}: resume with the same value, or start a new "
+                    "experiment from it with --resume_type finetune"
+                )
         model, self.model_dir = build_model(init_from, self.fresh)
         if model.cfg.num_codebooks != self.arch.num_codebooks:
             raise DataError(f"{self.model_dir}: {model.cfg.num_codebooks} codebooks, the data "
                             f"{self.arch.num_codebooks}")  # fmt: skip
-        return model, trainable_parameters(model, self.cfg.train.train_prompt_embedding)
+        return model, trainable_parameters(model, train_prompt)
+
+    def meta(self) -> dict:
+        return {"train_prompt_embedding": self.cfg.train.train_prompt_embedding}
 
     def prepare_exp_dir(self, exp_dir: Path) -> None:
         if self.model_dir != exp_dir / MODEL_DIR:
