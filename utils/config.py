@@ -189,7 +189,7 @@ class EngineTrainConfig:
     num_buckets: int = 10  # dynamic batches: duration buckets
     max_epoch: int = 20  # epochs to train (0 = until max_steps)
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
-    random_seed: int = 970227  # seed of init, shuffling and NAR stage/prefix draws
+    random_seed: int = 970227  # seed of init, shuffling and the recipe draws (VALL-E: NAR)
     optimizer: str = "AdamW"  # must be "AdamW"
     scheduler: str = "cosine"  # "cosine" (linear warmup + cosine decay) or "constant"
     base_lr: float = 1e-4  # peak learning rate
