@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from lhotse import CutSet
 from parler_fixture import FIXTURE, load_fixture, rel_err
 from parler_world import HOP, REPO, make_model_folder, make_stage1, write_config
 from safetensors.torch import load_file
@@ -21,8 +23,8 @@ from models.base.train_data import DataError
 from models.base.train_state import TrainingError
 from models.codec.dac import DacCodec
 from models.tts.parler import trainer as parler_trainer
-from models.tts.parler.dataset import ParlerDataset
-from models.tts.parler.pretrained import load_pretrained
+from models.tts.parler.dataset import ParlerDataset, check_cut
+from models.tts.parler.pretrained import load_pretrained, read_config
 from utils.checkpoint import list_checkpoints, load_training_state, load_weights
 from utils.config_parler import load_parler_config
 
@@ -198,3 +200,27 @@ def test_two_processes_and_their_resume_are_exact(tmp_path, world):
     assert all(torch.equal(a[k], b[k]) for k in a)
     state = load_training_state(list_checkpoints(tmp_path / "exp" / "split")[-1])
     assert state["world_size"] == 2 and len(state["rng"]) == 2
+
+
+def test_unusable_cuts_are_left_out_naming_why(tmp_path, world, caplog):
+    root, model, data = world
+    arch = read_config(model)
+    cuts = list(CutSet.from_file(data / "custom" / "cuts_train.jsonl.gz"))
+    assert all(check_cut(c, arch) is None for c in cuts)
+    bad = [cuts[0].with_custom("prompt_ids", [1, 99]),
+           cuts[1].with_custom("description_ids", []),
+           cuts[2].with_custom("prompt_ids", [5] * 250)]  # fmt: skip
+    reasons = [check_cut(c, arch) for c in bad]
+    assert "prompt_ids outside [0, 64)" in reasons[0] and "no description_ids" in reasons[1]
+    assert "positions > max_position_embeddings 256" in reasons[2]
+    # a split with nothing usable left stops training before any model is built
+    broken = tmp_path / "data"
+    shutil.copytree(data, broken)
+    CutSet.from_cuts(bad).to_file(broken / "custom" / "cuts_train.jsonl.gz")
+    recipe = parler_trainer.ParlerTrainRecipe(
+        load_parler_config(write_config(tmp_path / "c.json", broken, model, tmp_path)), None
+    )
+    recipe.check_data()
+    with pytest.raises(DataError, match="no usable train cuts"):
+        recipe.load_data("train")
+    assert "left out 3 cuts" in caplog.text

@@ -11,7 +11,7 @@ A test list has `description|text[|name]` per line. Decoding options come from t
 section of --config, overridden by the options below (models/tts/parler/inference.py, over the
 shared shell models/base/inference.py). Outputs: OUT/<mode>/<name>.wav, results.jsonl (one line
 per utterance and per failed line), run.json; OUT defaults to DIR/result (a release:
-<log_dir>/<its folder name>/result). A bad line is reported with its number, the others still
+<log_dir>/<its last name>/result). A bad line is reported with its number, the others still
 run, and the exit status is 1.
 """
 
@@ -79,8 +79,10 @@ def run(args: argparse.Namespace) -> int:
              "max_new_tokens=%d kv_cache=%s", inf.do_sample, inf.top_k, inf.top_p,
              inf.temperature, inf.seed, inf.batch_size, inf.max_new_tokens,
              inf.use_kv_cache)  # fmt: skip
-    default_out = source.root if source.kind != "release" else resolve_path(cfg.log_dir) / (
-        source.root.name)  # fmt: skip
+    # a release (folder or hub id): <log_dir>/<its last name>, e.g. exp/parler/parler-tts-mini-v1
+    default_out = source.root
+    if source.kind == "release":
+        default_out = resolve_path(cfg.log_dir) / Path(str(args.expt_dir)).name
     run_dir = claim_run_dir(args.output_dir or default_out / "result", args.mode, args.overwrite)
     info = {"kind": source.kind, "root": str(source.root), "weights": str(source.weights),
             "config": str(args.config),

@@ -31,6 +31,7 @@ from lhotse.dataset.collation import collate_vectors
 
 from models.base.train_data import DataError
 from models.tts.parler.delay import collate_labels, delayed_labels
+from models.tts.parler.parler import ParlerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -75,15 +76,23 @@ def load_split(processed_dir: Path, datasets: list[str], split: str) -> CutSet:
     return sets[0] if len(sets) == 1 else combine(*sets)
 
 
-def check_cut(cut: Cut, num_codebooks: int, codebook_size: int) -> str | None:
-    """Why a cut cannot be trained on, or None."""
+def check_cut(cut: Cut, arch: ParlerConfig) -> str | None:
+    """Why a cut cannot be trained on by a model of architecture `arch`, or None."""
     custom = cut.custom or {}
     missing = [k for k in CUSTOM_KEYS if not custom.get(k)]
     if missing or not cut.has_custom("codes"):
         return f"no {', '.join(missing) or 'codes'} (not a Parler-TTS stage-1 cut)"
     shape = cut.codes.shape
-    if len(shape) != 2 or shape[1] != num_codebooks:
-        return f"codes of shape {tuple(shape)}, the model has {num_codebooks} codebooks"
+    if len(shape) != 2 or shape[1] != arch.num_codebooks or shape[0] < 1:
+        return f"codes of shape {tuple(shape)}, expected (frames >= 1, {arch.num_codebooks})"
+    for key, size in (("description_ids", int(arch.text_encoder.get("vocab_size", 32128))),
+                      ("prompt_ids", arch.prompt_vocab_size)):  # fmt: skip
+        if not all(0 <= i < size for i in custom[key]):
+            return f"{key} outside [0, {size}): tokenized by another tokenizer; rerun stage 1"
+    positions = len(custom["prompt_ids"]) + shape[0] + arch.num_codebooks
+    if positions > arch.max_position_embeddings:
+        return (f"transcript + codes = {positions} positions > max_position_embeddings "
+                f"{arch.max_position_embeddings}")  # fmt: skip
     return None
 
 

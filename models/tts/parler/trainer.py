@@ -175,7 +175,7 @@ class ParlerTrainRecipe(TrainRecipe):
         cfg, arch = self.cfg, self.arch
         kept, rejected = [], []
         for cut in load_split(self.processed_dir, cfg.dataset, split):
-            why = check_cut(cut, arch.num_codebooks, arch.pad_token_id) or self.too_long(cut)
+            why = check_cut(cut, arch) or self.too_long(cut)
             (kept if why is None else rejected).append(cut if why is None else (cut.id, why))
         if rejected:
             shown = "; ".join(f"{c}: {why}" for c, why in rejected[:5])
@@ -188,10 +188,6 @@ class ParlerTrainRecipe(TrainRecipe):
 
     def too_long(self, cut) -> str | None:
         frames, train = cut.codes.shape[0], self.cfg.train
-        positions = len(cut.custom["prompt_ids"]) + frames + self.arch.num_codebooks
-        if positions > self.arch.max_position_embeddings:
-            return f"transcript + codes = {positions} positions > max_position_embeddings " \
-                   f"{self.arch.max_position_embeddings}"  # fmt: skip
         if train.use_dynamic_batchsize and frames > train.max_tokens:
             return f"{frames} frames > train.max_tokens = {train.max_tokens}"
         return None
