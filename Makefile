@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set up .venv (+ apt packages) and run the VALL-E recipe end to end on the mini corpus
+#   make demo   set up .venv (+ apt packages), run the VALL-E then the Parler-TTS recipe on the mini corpus
 #   make test   same set-up, then the test suite
 # Set-up runs only when something is missing or requirements changed, so a second call starts at once.
 SHELL := /bin/bash
@@ -30,6 +30,7 @@ test: install
 
 demo: install
 	bash egs/tts/VALLE/demo.sh
+	bash egs/tts/ParlerTTS/demo.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -40,4 +41,4 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 clean-demo:
-	rm -rf data/demo exp/demo corpus/mini
+	rm -rf data/demo exp/demo corpus/mini data/parler_demo exp/parler_demo

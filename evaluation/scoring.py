@@ -25,7 +25,8 @@ from utils.audio import AudioError, load_audio
 
 log = logging.getLogger(__name__)
 SILENCE_RMS = 1e-4  # below this RMS an output counts as silence (-80 dBFS)
-FIELDS = ("name", "text", "text_prompt", "audio_prompt", "output")
+FIELDS = ("name", "text", "output")
+PROMPT_FIELDS = ("text_prompt", "audio_prompt")  # not in a description-conditioned record (Parler)
 
 
 class EvaluationError(RuntimeError):
@@ -36,8 +37,9 @@ class EvaluationError(RuntimeError):
 class Item:
     name: str
     text: str  # reference for WER/CER ("" = continual output: no reference)
-    audio_prompt: Path
+    audio_prompt: Path | None  # None: no prompt audio (Parler-TTS: a description), no SIM-o
     output: Path
+    speaker: str | None = None  # the speaker name the record gives (same-speaker similarity)
 
 
 def read_results(path: Path) -> tuple[list[Item], list[dict]]:
@@ -58,7 +60,8 @@ def read_results(path: Path) -> tuple[list[Item], list[dict]]:
             name = rec.get("name") or f"test-list line {rec.get('line')}"
             failures.append({"name": name, "error": f"stage 3 failed: {rec['error']}"})
             continue
-        missing = [k for k in FIELDS if not isinstance(rec.get(k), str)]
+        needed = FIELDS if "description" in rec else FIELDS + PROMPT_FIELDS
+        missing = [k for k in needed if not isinstance(rec.get(k), str)]
         if missing or rec["name"] in seen:
             why = f"missing field(s) {missing}" if missing else f"duplicate name {rec['name']!r}"
             failures.append({"name": rec.get("name") or where, "error": f"{where}: {why}"})
@@ -68,9 +71,10 @@ def read_results(path: Path) -> tuple[list[Item], list[dict]]:
         if not rec["text"].strip() and not continual:
             failures.append({"name": rec["name"], "error": f"{where}: empty text"})
             continue
-        paths = [Path(rec[k]) for k in ("audio_prompt", "output")]
-        prompt, output = (p if p.is_absolute() else path.parent / p for p in paths)
-        items.append(Item(rec["name"], "" if continual else rec["text"], prompt, output))
+        paths = [Path(rec[k]) if rec.get(k) else None for k in ("audio_prompt", "output")]
+        prompt, output = (p if p is None or p.is_absolute() else path.parent / p for p in paths)
+        text = "" if continual else rec["text"]
+        items.append(Item(rec["name"], text, prompt, output, rec.get("speaker") or None))
     return items, failures
 
 
@@ -129,8 +133,10 @@ class Scorer:
             "sim_r": codec if resynth is not None else "none",
         }
 
-    def _load(self, item: Item) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def _load(self, item: Item) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         output = load_checked(item.output, "output")
+        if item.audio_prompt is None:
+            return output, None, None
         prompt = load_checked(item.audio_prompt, "audio prompt")
         resynth = self.resynth(item.audio_prompt) if self.resynth is not None else None
         return output, prompt, resynth
@@ -151,17 +157,12 @@ class Scorer:
         if ok:
             outputs = [o for _, (o, _, _) in ok]
             hyps = self.asr.transcribe(outputs)
-            extra = [r for _, (_, _, r) in ok if r is not None]
-            emb = self.sim.embed(outputs + [p for _, (_, p, _) in ok] + extra)
-            n = len(ok)
-            sim_o = np.sum(emb[:n] * emb[n : 2 * n], axis=1)
-            sim_r = np.sum(emb[:n] * emb[2 * n :], axis=1) if extra else [None] * n
-            mos = self.mos.score(outputs) if self.mos is not None else [{}] * n
+            sim_o, sim_r = self._similarities(outputs, [loaded for _, loaded in ok])
+            mos = self.mos.score(outputs) if self.mos is not None else [{}] * len(ok)
             for i, (item, (output, _, _)) in enumerate(ok):
                 rec = {"seconds": round(len(output) / SAMPLE_RATE, 3), "hyp": hyps[i]}
                 rec.update(self._wer(item, hyps[i]))
-                rec["sim_o"] = float(sim_o[i])
-                rec["sim_r"] = None if sim_r[i] is None else float(sim_r[i])
+                rec["sim_o"], rec["sim_r"] = sim_o[i], sim_r[i]
                 rec.update(mos[i])
                 records[item.name] = rec
         return [
@@ -173,6 +174,17 @@ class Scorer:
             }
             for it in items
         ]
+
+    def _similarities(self, outputs: list, loaded: list) -> tuple[list, list]:
+        """SIM-o (output vs prompt) and SIM-r (vs the resynthesised prompt) per item; None
+        where there is no prompt / no resynthesis."""
+        pairs = [(i, k, w) for i, ld in enumerate(loaded) for k, w in ((1, ld[1]), (2, ld[2]))
+                 if w is not None]  # fmt: skip
+        emb = self.sim.embed(outputs + [w for _, _, w in pairs])
+        sims: list[list] = [[None] * len(outputs), [None] * len(outputs)]
+        for j, (i, k, _) in enumerate(pairs):
+            sims[k - 1][i] = float(np.sum(emb[i] * emb[len(outputs) + j]))
+        return sims[0], sims[1]
 
     @staticmethod
     def _wer(item: Item, hyp: str) -> dict:
@@ -208,3 +220,30 @@ def score_all(
             bar.update(min(batch_size, len(todo) - i))
     bar.close()
     return results
+
+
+def same_speaker_similarity(items: list[Item], sim, batch_size: int) -> dict[str, float]:
+    """name -> mean cosine similarity of the item's output to the other outputs that name the
+    same speaker (items without a speaker, alone with theirs, or whose audio fails: absent).
+    For systems without prompt audio (Parler-TTS): does a named voice stay the same voice?"""
+    groups: dict[str, list[Item]] = {}
+    for item in items:
+        if item.speaker:
+            groups.setdefault(item.speaker, []).append(item)
+    out: dict[str, float] = {}
+    for members in groups.values():
+        wavs, kept = [], []
+        for item in members:
+            try:
+                wavs.append(load_checked(item.output, "output"))
+                kept.append(item)
+            except AudioError:
+                continue  # reported by the per-utterance scoring already
+        if len(kept) < 2:
+            continue
+        emb = np.concatenate([sim.embed(wavs[i : i + batch_size])
+                              for i in range(0, len(wavs), batch_size)])  # fmt: skip
+        cos = emb @ emb.T  # embeddings are unit vectors
+        for i, item in enumerate(kept):
+            out[item.name] = float((cos[i].sum() - cos[i, i]) / (len(kept) - 1))
+    return out

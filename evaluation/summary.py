@@ -11,12 +11,13 @@ from pathlib import Path
 
 from utils.fileio import atomic_write_text
 
-MEANS = ("sim_o", "sim_r", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")
+MEANS = ("sim_o", "sim_r", "sim_speaker", "dnsmos_sig", "dnsmos_bak", "dnsmos_ovrl", "dnsmos_p808")
 COLUMNS = [  # (summary key, table header, scale)
     ("wer", "WER %", 100.0),
     ("cer", "CER %", 100.0),
     ("sim_o", "SIM-o", 1.0),
     ("sim_r", "SIM-r", 1.0),
+    ("sim_speaker", "SIM-spk", 1.0),  # outputs naming the same speaker (no prompt audio)
     ("dnsmos_sig", "DNSMOS SIG", 1.0),
     ("dnsmos_bak", "BAK", 1.0),
     ("dnsmos_ovrl", "OVRL", 1.0),

@@ -54,8 +54,10 @@ __all__ = [
     "save_config",
     "PreprocessConfig",
     "ModelConfig",
+    "EngineTrainConfig",
     "TrainConfig",
     "InferenceConfig",
+    "ScoringConfig",
     "EvaluationConfig",
     "Config",
     "SECTIONS",
@@ -177,8 +179,9 @@ class ModelConfig:
 
 
 @dataclass
-class TrainConfig:
-    train_stage: int = 1  # 0 = AR + NAR, 1 = AR decoder, 2 = NAR decoders
+class EngineTrainConfig:
+    """The training engine's keys (models/base/), the same in every recipe's train section."""
+
     batch_size: int = 4  # utterances per batch when use_dynamic_batchsize is false
     use_dynamic_batchsize: bool = False  # bucket by duration (lhotse DynamicBucketingSampler)
     max_tokens: int = 4000  # dynamic batches: max codec frames per batch
@@ -186,8 +189,7 @@ class TrainConfig:
     num_buckets: int = 10  # dynamic batches: duration buckets
     max_epoch: int = 20  # epochs to train (0 = until max_steps)
     max_steps: int = 0  # stop after this many optimizer steps (0 = no limit)
-    random_seed: int = 970227  # seed of init, shuffling and NAR stage/prefix draws
-    ddp: bool = True  # Amphion key, ignored (warns if false): run.sh --gpu chooses the GPUs
+    random_seed: int = 970227  # seed of init, shuffling and the recipe draws (VALL-E: NAR)
     optimizer: str = "AdamW"  # must be "AdamW"
     scheduler: str = "cosine"  # "cosine" (linear warmup + cosine decay) or "constant"
     base_lr: float = 1e-4  # peak learning rate
@@ -198,20 +200,17 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global grad norm (0 = no clipping)
     gradient_accumulation_step: int = 1  # micro-batches per optimizer step
     mixed_precision: str = "no"  # "no", "fp16" or "bf16"
-    gradient_checkpointing: bool = False  # recompute decoder activations in backward
     num_workers: int = -1  # dataloader workers; -1 = min(4, cpu count - 1)
     valid_interval: int = 1000  # validate every N optimizer steps (and each epoch end)
-    log_epoch_step: int = 1000  # Amphion key, ignored (warns if changed): see log_interval
     log_interval: int = 10  # tensorboard scalars every N steps
     save_checkpoint_stride: list[int] = field(default_factory=lambda: [1])  # Amphion key, epochs
     save_interval: int = 1000  # save a checkpoint every N optimizer steps (0 = per epoch only)
     keep_last: int = 3  # checkpoints kept besides the best
     max_nonfinite_steps: int = 10  # consecutive NaN/Inf losses before stopping
-    nar_prompt_seconds: float = 3.0  # prefix_mode 4: prompt = min(this, shortest in batch) (s)
     check_largest_batch: bool = True  # CUDA: try the largest batch (+ AdamW state) before training
 
     def validate(self) -> None:
-        check(self.train_stage in (0, 1, 2), "train_stage", "must be 0 (both), 1 (AR) or 2 (NAR)")
+        check(self.optimizer.lower() == "adamw", "optimizer", "must be AdamW (the engine's)")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
         check(self.max_tokens >= 1, "max_tokens", "must be >= 1")
         check(self.max_sentences >= 1, "max_sentences", "must be >= 1")
@@ -235,8 +234,23 @@ class TrainConfig:
         )
         check(self.keep_last >= 1, "keep_last", "must be >= 1")
         check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps", "must be >= 1")
-        check(self.nar_prompt_seconds > 0, "nar_prompt_seconds", "must be positive")
         check(self.valid_interval >= 0 and self.save_interval >= 0, "valid_interval", ">= 0")
+
+
+@dataclass
+class TrainConfig(EngineTrainConfig):
+    """VALL-E's train section: the engine's keys and these."""
+
+    train_stage: int = 1  # 0 = AR + NAR, 1 = AR decoder, 2 = NAR decoders
+    ddp: bool = True  # Amphion key, ignored (warns if false): run.sh --gpu chooses the GPUs
+    gradient_checkpointing: bool = False  # recompute decoder activations in backward
+    log_epoch_step: int = 1000  # Amphion key, ignored (warns if changed): see log_interval
+    nar_prompt_seconds: float = 3.0  # prefix_mode 4: prompt = min(this, shortest in batch) (s)
+
+    def validate(self) -> None:
+        super().validate()
+        check(self.train_stage in (0, 1, 2), "train_stage", "must be 0 (both), 1 (AR) or 2 (NAR)")
+        check(self.nar_prompt_seconds > 0, "nar_prompt_seconds", "must be positive")
 
 
 @dataclass
@@ -270,23 +284,34 @@ class InferenceConfig:
 
 
 @dataclass
-class EvaluationConfig:
+class ScoringConfig:
+    """Stage 4's keys (bins/tts/evaluate.py, evaluation/), the same in every recipe."""
+
     asr: str = "whisper"  # stage 4 WER/CER backend: "whisper", "hubert" or "pocketsphinx" (offline)
     asr_model: str = ""  # ASR hub id or local folder ("" = the backend default, see README)
     sim: str = "wavlm"  # speaker similarity backend: "wavlm" or "resemblyzer" (offline)
     sim_model: str = ""  # speaker model hub id or folder ("" = microsoft/wavlm-base-plus-sv)
     mos: str = "dnsmos"  # MOS estimate: "dnsmos" (speechmos, offline) or "none"
-    sim_r: bool = True  # also SIM-r (prompt resynthesised by the experiment's codec) when known
     batch_size: int = 8  # utterances scored together
     device: str = ""  # torch device of the transformers backends ("" = cuda if available, else cpu)
-    listen_utterances: int = 2  # training: valid utterances synthesised to tensorboard (0 = off)
-    listen_max_seconds: float = 4.0  # training: cap on each listening sample's generated seconds
 
     def validate(self) -> None:
         check(self.asr in ASR_BACKENDS, "asr", f"must be one of {', '.join(ASR_BACKENDS)}")
         check(self.sim in SIM_BACKENDS, "sim", f"must be one of {', '.join(SIM_BACKENDS)}")
         check(self.mos in MOS_BACKENDS, "mos", f"must be one of {', '.join(MOS_BACKENDS)}")
         check(self.batch_size >= 1, "batch_size", "must be >= 1")
+
+
+@dataclass
+class EvaluationConfig(ScoringConfig):
+    """VALL-E's evaluation section: stage 4's keys and these."""
+
+    sim_r: bool = True  # also SIM-r (prompt resynthesised by the experiment's codec) when known
+    listen_utterances: int = 2  # training: valid utterances synthesised to tensorboard (0 = off)
+    listen_max_seconds: float = 4.0  # training: cap on each listening sample's generated seconds
+
+    def validate(self) -> None:
+        super().validate()
         check(self.listen_utterances >= 0, "listen_utterances", "must be >= 0 (0 = off)")
         check(self.listen_max_seconds > 0, "listen_max_seconds", "must be positive")
 

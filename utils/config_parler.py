@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from utils.config import EngineTrainConfig, ScoringConfig
 from utils.config_loader import build, check, load_raw_config, merge_tree
 
 CORPORA = ("libritts", "libritts_r", "expresso", "custom")  # custom_<name> / expresso_<name> too
@@ -47,6 +48,9 @@ class ParlerPreprocessConfig:
     annotate: str = "missing"  # descriptions: "missing" = write the absent ones, "all", "none"
     phone_language: str = "en-us"  # espeak-ng language of the G2P counting phones (speaking rate)
     annotation_pitch: str = "absolute"  # pitch words: "absolute" (Hz bins) or "speaker_corpus"
+    # Not keys: the DAC's frame (44.1 kHz, hop 512), for the engine's batch limits in frames.
+    sample_rate = 44100
+    codec_hop_size = 512
 
     def validate(self) -> None:
         check(self.min_duration >= 0, "min_duration", "must be >= 0")
@@ -72,18 +76,43 @@ class ParlerModelConfig:
 
 
 @dataclass
-class ParlerTrainConfig:
-    """Stage 2 (filled by the training part of the recipe)."""
+class ParlerTrainConfig(EngineTrainConfig):
+    """Stage 2: the training engine's keys (utils/config.py `EngineTrainConfig`) and these."""
+
+    train_prompt_embedding: bool = True  # also train the transcript (prompt) embedding
+
+    @property
+    def train_stage(self) -> int:
+        """Not a key: Parler-TTS has one model train stage (the engine records it)."""
+        return 0
 
 
 @dataclass
 class ParlerInferenceConfig:
-    """Stage 3 (filled by the inference part of the recipe)."""
+    do_sample: bool = True  # sample (the package's default); false = greedy
+    top_k: int = 50  # sample from the k most likely codes (0 = off; package default 50)
+    top_p: float = 1.0  # nucleus sampling mass (1.0 = off)
+    temperature: float = 1.0  # softmax temperature
+    seed: int = 0  # sampling seed; each utterance's own seed = hash(seed, output name)
+    batch_size: int = 8  # test-list lines decoded together (true batching, per-item EOS)
+    max_new_tokens: int = 2580  # length cap in decoder steps (2580 = 30 s at 86 frames/s)
+    use_kv_cache: bool = True  # false = recompute the whole sequence every step (same tokens)
+    checkpoint: str = "latest"  # which checkpoint of an experiment: "latest" or "best"
+    codec: str = ""  # DAC folder / hub id ("" = the experiment's stage-1 codec; a release's DAC)
+
+    def validate(self) -> None:
+        check(self.top_k >= 0, "top_k", "must be >= 0 (0 = off)")
+        check(0.0 < self.top_p <= 1.0, "top_p", "must be in (0, 1]")
+        check(self.temperature > 0, "temperature", "must be positive")
+        check(self.batch_size >= 1, "batch_size", "must be >= 1")
+        check(self.max_new_tokens >= 1, "max_new_tokens", "must be >= 1")
+        check(self.checkpoint in ("latest", "best"), "checkpoint", "'latest' or 'best'")
 
 
 @dataclass
-class ParlerEvaluationConfig:
-    """Stage 4 (filled by the evaluation part of the recipe)."""
+class ParlerEvaluationConfig(ScoringConfig):
+    """Stage 4: the scoring keys (utils/config.py `ScoringConfig`): WER/CER, DNSMOS, and the
+    speaker similarity between outputs that share a speaker name (no prompt audio here)."""
 
 
 @dataclass

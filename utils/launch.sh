@@ -37,3 +37,12 @@ launch_python() {  # launch_python N SCRIPT ARG...
   log "launching $n training processes: accelerate launch ${launch[*]} $*"
   python -m accelerate.commands.launch "${launch[@]}" "$@"  # = `accelerate launch`, same python
 }
+
+run_inference() {  # run_inference SCRIPT ARG...: a stage-3 entry point; $infer_run_dir = its folder
+  local file rc=0
+  file=$(mktemp)
+  python "$@" --run_dir_file "$file" || rc=$?
+  infer_run_dir=$(cat "$file")
+  rm -f "$file"
+  return "$rc"
+}

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from bins.tts._cli import run_reporting, str2bool
+from bins.tts._cli import parse_stage3, run_reporting, str2bool
 from models.base.inference import Failure, InferenceError, claim_run_dir, safe_name
 from models.base.inference_split import synthesize_parallel, worker_devices
 from models.tts.valle.inference import (
@@ -75,25 +75,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="VALL-E zero-shot inference (recipe stage 3)")
     p.add_argument("--config", required=True, type=Path, help="recipe config (inference section)")
     p.add_argument("--expt_dir", required=True, type=Path, help="experiment/checkpoint/release")
-    p.add_argument("--mode", required=True, choices=["single", "batch"])
-    p.add_argument("--output_dir", type=Path, default=None, help="[EXPT_DIR/result]")
-    p.add_argument("--overwrite", type=str2bool, default=False, help="reuse OUT/<mode> [false]")
-    p.add_argument("--test_list_file", type=Path, default=None, help="batch mode list")
     p.add_argument("--text", default="", help="single mode: text to speak")
     p.add_argument("--text_prompt", default="", help="single mode: transcript of the prompt")
     p.add_argument("--audio_prompt", type=Path, default=None, help="single mode: prompt audio")
-    p.add_argument("--device", default=None, help="every worker's device [visible GPUs, or cpu]")
     p.add_argument("--num_workers", type=int, default=None, help="batch: processes [GPUs or 1]")
     p.add_argument("--avg", default="1", help="mean of the last N checkpoints or of NAME,NAME [1]")
-    p.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar [true]")
-    p.add_argument("--run_dir_file", type=Path, default=None, help="write the run dir's path here")
-    # Overrides of the config's inference section (None = keep the config's value).
-    for name, kind in OVERRIDES.items():
-        p.add_argument(f"--{name}", type=kind, default=None, help=f"[inference.{name}]")
-    args = p.parse_args(argv)
-    if args.mode == "batch" and args.test_list_file is None:
-        p.error("--mode batch needs --test_list_file")
-    return args
+    return parse_stage3(p, argv, OVERRIDES)
 
 
 def inference_overrides(args: argparse.Namespace) -> dict:

@@ -36,7 +36,7 @@ import torch
 from lhotse import CutSet
 
 from models.base.train_data import ResumableBatches
-from utils.config import Config
+from utils.config import Config, load_config
 
 
 class TrainRecipe:
@@ -51,6 +51,8 @@ class TrainRecipe:
     fingerprint_names: dict[str, str] = {}
     # what to do when a resume asks for another train_stage than the checkpoint's
     stage_hint = ""
+    # path, overrides -> the recipe's typed config (VALL-E's utils.config by default)
+    load_config = staticmethod(load_config)
 
     def __init__(self, cfg: Config, args: argparse.Namespace):
         self.cfg, self.args = cfg, args
