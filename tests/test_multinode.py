@@ -1,7 +1,8 @@
 """Training on several "nodes" of this machine (issue 12): two node launchers on 127.0.0.1 (gloo,
 CPU, one process each) train bit for bit like one node with two processes, stop together on a
-SIGTERM to both nodes' process groups and resume exactly; srun-style tasks are the ranks; a
-signal to one rank stops all; a resume on another number of processes is refused.
+SIGTERM to every process of both nodes (as Slurm's scancel does) and resume exactly;
+srun-style tasks are the ranks; a signal to one rank stops all; a resume on another number of
+processes is refused.
 
 Every run is the tiny model of tests/train_fixtures.py (train_stage 0 with dropout: dropout,
 NAR stages and prompt lengths draw per-rank random numbers), 6 steps."""
@@ -9,6 +10,7 @@ NAR stages and prompt lengths draw per-rank random numbers), 6 steps."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -118,14 +120,19 @@ def test_two_nodes_train_like_one_and_resume_exactly_after_sigterm_to_both(world
     hooks = ("--wait_for_signal_at_step", "3")
     procs = [node(logs[r], 1, 2, r, port, *hooks, *args(cfg, "part", *TRAIN)) for r in (0, 1)]
     wait_for(logs, "WAITING FOR A SIGNAL AT STEP 3", procs)
-    for p in procs:  # what a scheduler does to a job: every process of every node
+    # Slurm's scancel signals every process of the job (its cgroup): each training process
+    # directly, and each node's launcher, which forwards it to its processes once more
+    for log in logs:
+        os.kill(int(re.search(r"WAITING .* PID (\d+)", log.read_text())[1]), signal.SIGTERM)
+    time.sleep(0.5)
+    for p in procs:
         os.killpg(p.pid, signal.SIGTERM)
     outputs = finish(procs, logs)
     assert "launching 1 training processes on node 1 of 2 (2 in all)" in outputs[1]
     assert "processes: launched by accelerate launch: world of 2 processes" in outputs[0]
+    assert "KeyboardInterrupt" not in outputs[0] + outputs[1]  # the launcher's repeat is no abort
     assert "Training stopped by SIGTERM at step 3" in outputs[0], outputs[0][-4000:]
     assert "rank 1 stopped with the others at step 3 (SIGTERM)" in outputs[1]
-    assert "KeyboardInterrupt" not in outputs[0] + outputs[1]  # the launcher's repeat is no abort
     for out in outputs:  # each node's shell waited for its processes, then stopped
         assert "SIGTERM received: training ended (status" in out
     part = root / "exp" / "part"

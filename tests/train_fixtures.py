@@ -163,7 +163,7 @@ def _runner(argv: list[str]) -> int:
     p.add_argument("--sigterm_at_step", type=int, default=0)
     p.add_argument("--sigterm_rank", type=int, default=-1, help="only this rank signals itself")
     p.add_argument("--wait_for_signal_at_step", type=int, default=0,
-                   help="after step K, print WAITING and wait for the test's signal")  # fmt: skip
+                   help="after step K, print WAITING, wait for a signal, then 1.5 s")  # fmt: skip
     p.add_argument("--hang_in_save_at_step", type=int, default=0)
     p.add_argument("--record_dropout", default="", help="save each rank's first dropout mask")
     p.add_argument("--cpu_fp16", action="store_true", help="accelerate's fp16 path on the CPU")
@@ -209,9 +209,11 @@ def hook_log_step(train_loop, hooks: argparse.Namespace) -> None:
         if run.step == hooks.sigterm_at_step and hooks.sigterm_rank in (-1, rank):
             os.kill(os.getpid(), signal.SIGTERM)  # a real signal through the real handler
         if run.step == hooks.wait_for_signal_at_step:
-            print(f"WAITING FOR A SIGNAL AT STEP {run.step} ON RANK {rank}", flush=True)
+            print(f"WAITING FOR A SIGNAL AT STEP {run.step} ON RANK {rank} PID {os.getpid()}",
+                  flush=True)  # fmt: skip
             while not run.stop_signal:
                 time.sleep(0.05)
+            time.sleep(1.5)  # still inside the step when a launcher's forwarded repeat comes
 
     train_loop.log_step = log_step_then_signal
 
