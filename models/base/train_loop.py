@@ -258,9 +258,10 @@ def how_to_resume(run: Run, path: Path | None) -> str:
     )
 
 
-# A stop sent to a whole job (Slurm's scancel, Ctrl-C, `kill -- -PGID`) reaches each rank twice:
-# directly, and forwarded by its launcher (torchrun / accelerate launch send SIGTERM to their
-# workers when they get a signal). Repeats this soon after the first are that same request.
+# A stop sent to a whole Slurm job (scancel, --signal: every process of the job step) reaches a
+# rank twice: directly, and forwarded by its launcher (torchrun / accelerate launch send SIGTERM
+# to their workers, which run in sessions of their own, when they get a signal). Repeats this
+# soon after the first are that same request.
 REPEAT_GRACE_S = 5.0
 
 
