@@ -1,6 +1,7 @@
 """egs/tts/VALLE/run.sh option parsing, run as users do: `sh run.sh ...` from another directory."""
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -10,7 +11,7 @@ from utils.config import REPO_ROOT
 RUN_SH = REPO_ROOT / "egs" / "tts" / "VALLE" / "run.sh"
 
 
-def run(*args: str, cwd="/", timeout: int = 60) -> subprocess.CompletedProcess:
+def run(*args: str, cwd="/", timeout: int = 60, env=None) -> subprocess.CompletedProcess:
     # `sh` is dash on Debian: the script must re-execute itself under bash.
     return subprocess.run(
         ["sh", str(RUN_SH), *args],
@@ -19,6 +20,7 @@ def run(*args: str, cwd="/", timeout: int = 60) -> subprocess.CompletedProcess:
         text=True,
         timeout=timeout,
         stdin=subprocess.DEVNULL,
+        env=env,
     )
 
 
@@ -106,3 +108,16 @@ def test_short_stage_option_runs_stage_one_without_hanging(tmp_path):
     assert "Stage 1" in result.stdout  # parsed `-s 1 -c FILE` and dispatched to stage 1
     assert result.returncode != 0  # the corpus does not exist: a clear error, not a hang
     assert "no_corpus" in result.stderr + result.stdout
+
+
+def test_node_options_are_checked_before_any_stage_and_a_launched_copy_runs_only_stage_2():
+    assert "--num_nodes" in run("--help").stdout and "--master_port" in run("--help").stdout
+    result = run("--stage", "1", "--num_nodes", "2", "--node_rank", "1")
+    assert result.returncode != 0 and "Stage 1" not in result.stdout
+    assert "--num_nodes 2 needs --master_addr: the host name or IP of node 0" in result.stderr
+    srun = {**os.environ, "SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}
+    result = run("--stage", "1", env=srun)  # every task would redo stage 1
+    assert result.returncode != 0 and "Stage 1" not in result.stdout
+    assert "srun started this script as rank 1 of 2: run only --stage 2 --stop_stage 2" in (
+        result.stderr
+    )

@@ -8,8 +8,9 @@ waiting for espeak-ng and a codec.
 Run as a script, it trains in this process with test hooks (used through subprocesses so that a
 real SIGTERM / SIGKILL can hit it):
 
-    python tests/train_fixtures.py [--sigterm_at_step K] [--hang_in_save_at_step K]
-        [--record_dropout DIR] [--cpu_fp16] -- TRAIN ARGS
+    python tests/train_fixtures.py [--sigterm_at_step K [--sigterm_rank R]]
+        [--wait_for_signal_at_step K] [--hang_in_save_at_step K] [--record_dropout DIR]
+        [--cpu_fp16] -- TRAIN ARGS
 
 (also under `torch.distributed.run`, which swallows the `--`: the hooks are told apart by name).
 """
@@ -160,6 +161,9 @@ def _runner(argv: list[str]) -> int:
 
     p = argparse.ArgumentParser()
     p.add_argument("--sigterm_at_step", type=int, default=0)
+    p.add_argument("--sigterm_rank", type=int, default=-1, help="only this rank signals itself")
+    p.add_argument("--wait_for_signal_at_step", type=int, default=0,
+                   help="after step K, print WAITING, wait for a signal, then 1.5 s")  # fmt: skip
     p.add_argument("--hang_in_save_at_step", type=int, default=0)
     p.add_argument("--record_dropout", default="", help="save each rank's first dropout mask")
     p.add_argument("--cpu_fp16", action="store_true", help="accelerate's fp16 path on the CPU")
@@ -168,15 +172,8 @@ def _runner(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(1)
 
-    if hooks.sigterm_at_step:
-        log_step = train_loop.log_step
-
-        def log_step_then_signal(run, *a, **k):
-            log_step(run, *a, **k)
-            if run.step == hooks.sigterm_at_step:
-                os.kill(os.getpid(), signal.SIGTERM)  # a real signal through the real handler
-
-        train_loop.log_step = log_step_then_signal
+    if hooks.sigterm_at_step or hooks.wait_for_signal_at_step:
+        hook_log_step(train_loop, hooks)
 
     if hooks.hang_in_save_at_step:
         save_checkpoint = train_state.save_checkpoint
@@ -199,6 +196,26 @@ def _runner(argv: list[str]) -> int:
     if hooks.cpu_fp16:
         cpu_fp16_accelerator(engine)
     return trainer.main(train_args)
+
+
+def hook_log_step(train_loop, hooks: argparse.Namespace) -> None:
+    """After the optimizer step K: signal this process (every rank, or --sigterm_rank only),
+    or wait for a signal from outside (the test's, to the whole process group)."""
+    log_step = train_loop.log_step
+    rank = int(os.environ.get("RANK", "0"))
+
+    def log_step_then_signal(run, *a, **k):
+        log_step(run, *a, **k)
+        if run.step == hooks.sigterm_at_step and hooks.sigterm_rank in (-1, rank):
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal through the real handler
+        if run.step == hooks.wait_for_signal_at_step:
+            print(f"WAITING FOR A SIGNAL AT STEP {run.step} ON RANK {rank} PID {os.getpid()}",
+                  flush=True)  # fmt: skip
+            while not run.stop_signal:
+                time.sleep(0.05)
+            time.sleep(1.5)  # still inside the step when a launcher's forwarded repeat comes
+
+    train_loop.log_step = log_step_then_signal
 
 
 def record_first_dropout_mask(trainer, out_dir: Path) -> None:

@@ -5,9 +5,10 @@
         [--ar_model_ckpt_dir DIR]
 
 This is one training process, on the first visible GPU or the CPU. `egs/tts/VALLE/run.sh
---stage 2 [--gpu 0,1]` calls it, under `accelerate launch` with one process per GPU (DDP) when
-several are visible (utils/launch.sh); without run.sh, set CUDA_VISIBLE_DEVICES yourself and
-use `accelerate launch --multi_gpu --num_processes N bins/tts/train.py ...` for several GPUs.
+--stage 2 [--gpu 0,1] [--num_nodes N --node_rank R --master_addr H]` calls it, under `accelerate
+launch` with one process per GPU (DDP) when several are visible (utils/launch.sh); without
+run.sh, start it with `accelerate launch`, torchrun or srun (one task per GPU): it trains as the
+rank they give it (README "Scaling out").
 The training engine is models/base/trainer.py; VALL-E's part of it models/tts/valle/trainer.py.
 """
 

@@ -15,7 +15,8 @@ the step (`train.max_nonfinite_steps` in a row stop training, naming the cuts).
 
 Validation every `train.valid_interval` steps and at each epoch end; a checkpoint every
 `train.save_interval` steps, every `save_checkpoint_stride[0]` epochs, at the end and on
-SIGINT / SIGTERM (after the current step; then the run exits 0 and says how to resume).
+SIGINT / SIGTERM to any rank (after the current step, on every rank; then the run exits 0 and
+says how to resume).
 """
 
 from __future__ import annotations
@@ -53,6 +54,21 @@ def all_ranks_true(run: Run, flag: bool) -> bool:
         return flag
     t = torch.tensor([float(flag)], device=run.accelerator.device)
     return bool(run.accelerator.reduce(t, reduction="sum").item() == run.accelerator.num_processes)
+
+
+def stop_reason(run: Run) -> str:
+    """The signal(s) that stopped training, the same text on every rank: "SIGTERM" when every
+    rank got it, else e.g. "SIGTERM to rank 1" (a collective: every rank calls it)."""
+    if run.accelerator.num_processes == 1:
+        return run.stop_signal
+    from accelerate.utils import gather_object
+
+    got = gather_object([(run.stop_signal, run.accelerator.process_index)])
+    signalled = [(name, rank) for name, rank in got if name]
+    names = "/".join(sorted({name for name, _ in signalled}))
+    if len(signalled) == run.accelerator.num_processes:
+        return names
+    return f"{names} to rank {', '.join(str(rank) for _, rank in signalled)}"
 
 
 def lookahead(iterable):
@@ -144,7 +160,8 @@ def train_one_epoch(run: Run) -> str:
 
         if cfg.max_steps and run.step >= cfg.max_steps:
             return "max_steps"
-        if not all_ranks_true(run, not run.stop_signal):
+        if not all_ranks_true(run, not run.stop_signal):  # a signal to any rank stops all
+            run.stop_signal = stop_reason(run)
             return "stopped"
         if stepped and cfg.valid_interval and run.step % cfg.valid_interval == 0:
             validate(run)
@@ -208,6 +225,9 @@ def train_loop(run: Run) -> int:
             path = save(run, name_epoch=run.epoch)
             if is_main(run):
                 print(how_to_resume(run, path), flush=True)
+            else:  # each node's own output says that its ranks stopped cleanly
+                logger.info("rank %d stopped with the others at step %d (%s)",
+                            run.accelerator.process_index, run.step, run.stop_signal)  # fmt: skip
             return 0
         if status == "epoch_end":
             validate(run)
@@ -238,16 +258,31 @@ def how_to_resume(run: Run, path: Path | None) -> str:
     )
 
 
+# A stop sent to a whole Slurm job (scancel, --signal: every process of the job step) reaches a
+# rank twice: directly, and forwarded by its launcher (torchrun / accelerate launch send SIGTERM
+# to their workers, which run in sessions of their own, when they get a signal). Repeats this
+# soon after the first are that same request.
+REPEAT_GRACE_S = 5.0
+
+
 @contextlib.contextmanager
 def stop_on_signals(run: Run):
-    """SIGINT / SIGTERM: finish the current optimizer step, save, exit 0. A second one aborts."""
+    """SIGINT / SIGTERM: finish the current optimizer step, save, exit 0 (every rank: the ranks
+    agree on stopping after each step, train_one_epoch). A second one, REPEAT_GRACE_S or more
+    after the first, aborts."""
+    first = [0.0]  # monotonic time of the first signal
 
     def handler(signum, frame):
-        if run.stop_signal:
+        name = signal.Signals(signum).name
+        if run.stop_signal and time.monotonic() - first[0] >= REPEAT_GRACE_S:
             raise KeyboardInterrupt
-        run.stop_signal = signal.Signals(signum).name
+        if run.stop_signal:
+            logger.info("%s again (forwarded by the launcher?): already stopping", name)
+            return
+        run.stop_signal, first[0] = name, time.monotonic()
         logger.warning("%s received: finishing the current step, then saving a checkpoint "
-                       "(send it again to abort without saving)", run.stop_signal)  # fmt: skip
+                       "(send it again after %g s to abort without saving)", name,
+                       REPEAT_GRACE_S)  # fmt: skip
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:

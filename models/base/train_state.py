@@ -4,7 +4,9 @@
 the model's weights, `meta.json` (the recipe's `meta()` + epoch, step, losses, data
 fingerprint) and `training_state.pt`: optimizer, scheduler, sampler position (epoch + batches
 consumed), the fp16 loss scaler, the counters, and the python / numpy / torch (+ CUDA) RNG
-states and the recipe's generator of every rank, so that a resumed run continues bit for bit.
+states and the recipe's generator of every rank, so that a resumed run continues bit for bit;
+so a resume needs the same number of processes (`world_size`, in both files; `check_start`
+refuses another and names the ways on).
 The keys are those of the first VALL-E trainer (the recipe's generator is stored as
 "nar_generator"), so older checkpoints resume unchanged.
 
@@ -173,10 +175,14 @@ def completed_checkpoint(exp_dir: Path, cfg: Config) -> Path | None:
 
 
 def check_start(
-    resume_from: Path | None, init_from: Path | None, fingerprint: dict, recipe: TrainRecipe
+    resume_from: Path | None,
+    init_from: Path | None,
+    fingerprint: dict,
+    recipe: TrainRecipe,
+    world_size: int,
 ) -> dict | None:
-    """Refuse a start from other prepared data or another train_stage; the training state to
-    restore when resuming."""
+    """Refuse a start from other prepared data, another train_stage or (resuming) another
+    number of processes; the training state to restore when resuming."""
     if init_from is not None and (init_from / "meta.json").is_file():
         recorded = read_meta(init_from).get("data_fingerprint")
         check_same_data(recorded, fingerprint, init_from, recipe.fingerprint_names,
@@ -194,7 +200,25 @@ def check_start(
             f"{train_stage}: resume with --model_train_stage {recorded_stage}, or start a new "
             f"experiment{recipe.stage_hint}"
         )
+    check_same_world(resume_from, state.get("world_size", len(state["rng"])), world_size)
     return state
+
+
+def check_same_world(resume_from: Path, recorded: int, world_size: int) -> None:
+    """An exact resume needs the world that wrote the checkpoint: each rank's position in its
+    data shard and its RNG streams are saved per rank, and another world shards the data
+    otherwise. Refuse, naming both sizes and the ways on."""
+    if recorded == world_size:
+        return
+    raise TrainingError(
+        f"{resume_from} was written by {recorded} training process(es), this run has "
+        f"{world_size}: a resume continues each rank's data shard and RNG streams, which exist "
+        f"for a world of {recorded} only. Resume with {recorded} process(es) (run.sh "
+        f"--num_nodes N --nproc_per_node K with N x K = {recorded}), or keep only its weights "
+        "in a new experiment (fresh optimizer, LR schedule, step count and data order): "
+        f"--resume true --resume_type finetune --resume_from_ckpt_path {resume_from} "
+        "--name NEW_NAME"
+    )
 
 
 def rng_state(run: Run) -> dict:
@@ -265,14 +289,7 @@ def restore_training_state(run: Run, state: dict) -> None:
     for key, value in state["counters"].items():
         setattr(run, key, value)
     run.last_valid = dict(state.get("last_valid", {}))
-    rank, world = run.accelerator.process_index, run.accelerator.num_processes
-    if state["world_size"] != world:
-        logger.warning(
-            "checkpoint written by %d processes, resuming on %d: the data order per rank and "
-            "the RNG streams change (training continues, but not bit for bit)",
-            state["world_size"], world,
-        )  # fmt: skip
-    set_rng_state(run, state["rng"][rank if rank < len(state["rng"]) else 0])
+    set_rng_state(run, state["rng"][run.accelerator.process_index])  # same world: check_start
 
 
 def save(run: Run, *, name_epoch: int) -> Path | None:
@@ -292,6 +309,7 @@ def save(run: Run, *, name_epoch: int) -> Path | None:
             "loss": loss,
             "valid_loss": valid_loss,
             "data_fingerprint": run.data_fingerprint,
+            "world_size": run.accelerator.num_processes,  # a resume needs as many processes
         }
         model = run.accelerator.unwrap_model(run.model)
         path = save_checkpoint(run.exp_dir, name, model, meta, state)

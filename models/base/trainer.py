@@ -3,9 +3,10 @@
 `train(args, Recipe)` is recipe stage 2 for any recipe that implements the small interface of
 models/base/train_recipe.py (VALL-E: models/tts/valle/trainer.py). It loads the config, checks
 the data and the checkpoints it would start from (before building anything), builds the loaders,
-the model, AdamW and the LR schedule, prepares them with accelerate (DDP on several GPUs: run
-under `accelerate launch`, utils/launch.sh), restores a resumed run's state, checks that the
-largest batch fits in GPU memory, and hands over to the loop (models/base/train_loop.py).
+the model, AdamW and the LR schedule, prepares them with accelerate (DDP on several GPUs or
+nodes: run under `accelerate launch`, torchrun or srun; utils/launch.sh, utils/distributed.py),
+restores a resumed run's state, checks that the largest batch fits in GPU memory, and hands over
+to the loop (models/base/train_loop.py).
 
 Randomness: initial weights come from `random_seed` on every rank (identical); then each rank
 reseeds with `random_seed + 1 + rank` (accelerate's `set_seed(device_specific)`) so that its
@@ -47,6 +48,7 @@ from models.base.train_state import (
 )
 from utils.checkpoint import remove_incomplete
 from utils.config import Config, resolve_path, save_config
+from utils.distributed import adopt_launcher_env
 
 logger = logging.getLogger("codectts.train")
 
@@ -101,16 +103,28 @@ def lr_lambda(cfg: Config):
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
+    """This process's rank in the world its launcher gave it (torchrun / accelerate launch /
+    srun: utils/distributed.py), or a world of one; logs which (main process)."""
+    world = adopt_launcher_env()  # srun's variables -> torch.distributed's, before accelerate
     mixed = cfg.train.mixed_precision
     cuda = torch.cuda.is_available()
+    if cuda and world.local_rank >= torch.cuda.device_count():
+        raise TrainingError(
+            f"{world.describe()}, but it sees {torch.cuda.device_count()} GPU(s): local rank "
+            f"{world.local_rank} has none. Let every process of a node see all of its GPUs "
+            "(srun --gpus-per-node, not --gpus-per-task; no per-process CUDA_VISIBLE_DEVICES)."
+        )
     if mixed == "fp16" and not cuda:
         logger.warning("train.mixed_precision fp16 needs a GPU; training in fp32 on CPU")
         mixed = "no"
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=not cuda,
         mixed_precision=mixed,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
+    if accelerator.is_main_process:
+        logger.info("processes: %s", world.describe())
+    return accelerator
 
 
 def train(args: argparse.Namespace, recipe_class: type[TrainRecipe]) -> int:
@@ -130,7 +144,9 @@ def train(args: argparse.Namespace, recipe_class: type[TrainRecipe]) -> int:
             )  # fmt: skip
         return 0
     resume_from, init_from = pick_checkpoints(args, exp_dir, recipe)
-    training_state = check_start(resume_from, init_from, fingerprint, recipe)
+    training_state = check_start(
+        resume_from, init_from, fingerprint, recipe, accelerator.num_processes
+    )
     run, train_cuts, num_valid = start_run(recipe, accelerator, exp_dir, fingerprint, init_from)
     prepare_experiment_dir(run)
     if training_state is not None:

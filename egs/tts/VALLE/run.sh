@@ -32,6 +32,11 @@ opt ar_model_ckpt_dir "" "stage 2, NAR: AR experiment or checkpoint dir to start
 opt resume false "stage 2: continue the experiment (true/false)"
 opt resume_from_ckpt_path "" "stage 2: checkpoint dir to resume from [newest of the experiment]"
 opt resume_type resume "stage 2: resume (everything) or finetune (weights only)"
+opt nproc_per_node "" "stage 2: training processes on this node [one per visible GPU; CPU: 1]"
+opt num_nodes 1 "stage 2: machines training together (torchrun's --nnodes)"
+opt node_rank 0 "stage 2: this machine's rank, 0 .. num_nodes-1"
+opt master_addr "" "stage 2: host name or IP of node 0 (needed when num_nodes > 1)"
+opt master_port "" "stage 2: rendezvous TCP port on node 0 [29500 with num_nodes > 1; else free]"
 opt infer_expt_dir "" "stage 3: experiment, checkpoint or released VALL-E folder"
 opt infer_output_dir "" "stage 3: output folder [<infer_expt_dir>/result]"
 opt infer_mode "" "stage 3: single or batch"
@@ -87,6 +92,11 @@ fi
 # shellcheck disable=SC1091
 . "$work_dir/env.sh"
 . "$work_dir/utils/launch.sh"
+check_nodes "$nproc_per_node" "$num_nodes" "$node_rank" "$master_addr" "$master_port"
+read -r world world_rank launcher < <(launched_world)  # torchrun / srun started this script?
+[ "$launcher" = none ] || { [ "$stage" -eq 2 ] && [ "$stop_stage" -eq 2 ]; } ||
+  die "$launcher started this script as rank $world_rank of $world: run only --stage 2" \
+    "--stop_stage 2 that way (one copy per process); the other stages run once, outside it"
 # Paths given relative to the caller's directory stay so after the cd below.
 for path_opt in ar_model_ckpt_dir resume_from_ckpt_path infer_expt_dir infer_output_dir \
     infer_test_list_file infer_audio_prompt eval_input_dir eval_output_dir; do
@@ -120,7 +130,8 @@ if stage_selected 2; then
   log "Stage 2: training (experiment '$name', model train stage ${model_train_stage:-from config})"
   mapfile -d '' extra < <(opt_args --model_train_stage "$model_train_stage" \
     --ar_model_ckpt_dir "$ar_model_ckpt_dir" --resume_from_ckpt_path "$resume_from_ckpt_path")
-  launch_python "$(num_visible_gpus)" bins/tts/train.py --config "$config" --exp_name "$name" \
+  launch_python "$nproc_per_node" "$num_nodes" "$node_rank" "$master_addr" "$master_port" \
+    bins/tts/train.py --config "$config" --exp_name "$name" \
     --resume "$resume" --resume_type "$resume_type" ${extra[@]+"${extra[@]}"}
 fi
 
