@@ -2,9 +2,10 @@
 
 `Run` holds everything a run reads and mutates. A checkpoint (utils/checkpoint.py layout) is
 the model's weights, `meta.json` (the recipe's `meta()` + epoch, step, losses, data
-fingerprint) and `training_state.pt`: optimizer, scheduler, sampler position (epoch + batches
-consumed), the fp16 loss scaler, the counters, and the python / numpy / torch (+ CUDA) RNG
-states and the recipe's generator of every rank, so that a resumed run continues bit for bit.
+fingerprint) and `training_state.pt`: optimizer, scheduler, sampler state (epoch + batches
+consumed, what the batches depend on, lhotse's own state: `ResumableBatches`), the fp16 loss
+scaler, the counters, and the python / numpy / torch (+ CUDA) RNG states and the recipe's
+generator of every rank, so that a resumed run continues bit for bit.
 The keys are those of the first VALL-E trainer (the recipe's generator is stored as
 "nar_generator"), so older checkpoints resume unchanged.
 
@@ -272,6 +273,12 @@ def restore_training_state(run: Run, state: dict) -> None:
             "the RNG streams change (training continues, but not bit for bit)",
             state["world_size"], world,
         )  # fmt: skip
+    if changed := run.train_batches.check_state(state.get("sampler", {})):
+        logger.warning(
+            "the training batches are drawn otherwise than when the checkpoint was written "
+            "(%s): the resumed epoch gets other batches (training continues, not bit for bit)",
+            "; ".join(changed),
+        )
     set_rng_state(run, state["rng"][rank if rank < len(state["rng"]) else 0])
 
 
