@@ -10,10 +10,17 @@ Steps (see docs/ARCHITECTURE.md for the output layout):
    the first `codec_init_seconds` of training audio), saved in `<processed_dir>/codec/`;
 4. tokenization in shards (`preprocessors.tokenize`), in this process or in `num_workers` worker
    processes per device, each writing its own shard files;
-5. merge: `<dataset>/cuts_<split>.jsonl.gz` (phones in `cut.custom["phones"]`, codes in
-   `cut.codes`, the cut's duration spanning all its codec frames: `encodec.codec_span`),
-   `<dataset>/rejected.jsonl`, `<dataset>/summary.json`, `symbols.dict`,
-   `config.json`, and `stage1.done.json` holding the fingerprint of everything that produced them.
+5. merge (`preprocessors.merge`): per split one manifest per shard,
+   `<dataset>/cuts_<split>.NNNNNN.jsonl.gz`, and its index `cuts_<split>.index.json`
+   (`utils.cut_shards`; phones in `cut.custom["phones"]`, codes in `cut.codes`, the cut's
+   duration spanning all its codec frames: `encodec.codec_span`), `<dataset>/rejected.jsonl`,
+   `<dataset>/summary.json`, `symbols.dict`, `config.json`, and `stage1.done.json` holding the
+   fingerprint of everything that produced them.
+
+Split over machines (`nj` > 1): every job reads the corpora, runs G2P and plans the same shards
+(all deterministic), then job `job_index` encodes only its own shards (`merge.job_of`) and stops;
+a run with `nj` > 1 and no job index is the merge: it encodes nothing, checks that every shard is
+complete (else names the missing ones and their jobs) and merges. `nj` = 1 does everything.
 
 Re-running with the same config and corpus files is a no-op (fingerprint match). A killed run
 keeps its finished shards (each carries the fingerprint of the codec and of its cut list) and
@@ -31,10 +38,8 @@ import logging
 import math
 import multiprocessing as mp
 import os
-import shutil
 import time
 import zlib
-from collections import Counter
 from pathlib import Path
 
 from lhotse import CutSet
@@ -44,45 +49,34 @@ from models.codec.encodec import (
     OFFICIAL_NAME,
     RANDOM_INIT_WARNING,
     CodecTokenizer,
-    codec_span,
     file_sha256,
 )
 from preprocessors.corpora import check_corpus_path, corpus_files, read_corpus, reject
+from preprocessors.merge import (
+    StageError,
+    check_shards_complete,
+    job_of,
+    merge_dataset,
+    write_symbols,
+)
 from preprocessors.tokenize import ShardTask, run_shard, worker_init, worker_run
 from text.g2p import g2p_version, has_speech_phones, phonemize
-from text.symbol_table import SymbolTable, TextTokenizer
+from text.symbol_table import TextTokenizer
 from utils.audio import load_audio
 from utils.config import Config, PreprocessConfig, resolve_path, save_config
-from utils.fileio import atomic_path, atomic_write_text
+from utils.fileio import atomic_write_text
 
 log = logging.getLogger("preprocess")
 # Bump SHARD_FORMAT when the codes of the same settings change (every shard is re-encoded),
 # MANIFEST_FORMAT when only the merged manifests change (shards are reused, the merge reruns).
 SHARD_FORMAT = "codectts-stage1-1"
-MANIFEST_FORMAT = "codectts-stage1-2"  # 2: a cut's duration spans its codes (codec_span)
+# 2: a cut's duration spans its codes (codec_span); 3: one manifest per shard + index
+MANIFEST_FORMAT = "codectts-stage1-3"
 DONE_FILE = "stage1.done.json"
-
-
-class StageError(RuntimeError):
-    """Stage 1 cannot produce usable output; the message says why and what to do."""
 
 
 def _sha(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _atomic_cuts(cuts: CutSet, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        cuts.to_file(tmp)
-
-
-def split_names(pcfg) -> dict[str, str]:
-    """Split -> file stem (train_file / valid_file keep Amphion's meaning: the stem names it)."""
-    return {
-        "train": Path(pcfg.train_file).stem,
-        "valid": Path(pcfg.valid_file).stem,
-        "test": "test",
-    }
 
 
 def codec_settings(pcfg) -> dict:
@@ -281,69 +275,6 @@ def run_shards(tasks: list[ShardTask], codec, out: Path, devices: list[str], wor
     bar.close()
 
 
-# ------------------------------------------------------------------ step 5: merge
-def merge_dataset(name: str, kept, tasks, rejected, out: Path, pcfg) -> dict:
-    work = out / name
-    token_dir = work / pcfg.acoustic_token_dir
-    encoded = {}
-    for task in tasks:
-        for cut in CutSet.from_file(token_dir / f"{task.name}.jsonl.gz"):
-            encoded[cut.id] = cut
-        for line in (token_dir / f"{task.name}.rejected.jsonl").read_text().splitlines():
-            rejected.append(json.loads(line))
-    summary = {"splits": {}, "rejected": {}}
-    names = split_names(pcfg)
-    for split, cuts in kept.items():
-        cuts[:] = [c for c in cuts if c.id in encoded]  # drop cuts whose audio was rejected
-        final = [
-            codec_span(encoded[c.id]).with_custom("phones", c.custom["phones"])
-            for c in sorted(cuts, key=lambda c: c.id)
-        ]
-        _atomic_cuts(CutSet.from_cuts(final), work / f"cuts_{names[split]}.jsonl.gz")
-        summary["splits"][names[split]] = {
-            "utterances": len(final),
-            "hours": round(sum(c.recording.duration for c in final) / 3600, 4),
-            "speakers": len({s.speaker for c in final for s in c.supervisions}),
-        }
-    written = {f"cuts_{names[split]}.jsonl.gz" for split in kept}
-    for stale in work.glob("cuts_*.jsonl.gz"):  # a split that no longer exists
-        if stale.name not in written:
-            stale.unlink()
-    rejected.sort(key=lambda r: (r["reason"], r["id"]))
-    atomic_write_text(
-        work / "rejected.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected)
-    )
-    summary["rejected"] = dict(sorted(Counter(r["reason"] for r in rejected).items()))
-    # Files of other fingerprints (older settings, killed runs) are no longer referenced.
-    current = {t.name for t in tasks}
-    for f in token_dir.iterdir():
-        if not any(f.name.startswith(n + ".") for n in current):
-            f.unlink() if f.is_file() else shutil.rmtree(f, ignore_errors=True)
-    atomic_write_text(work / "summary.json", json.dumps(summary, indent=2) + "\n")
-    return summary
-
-
-def write_symbols(out: Path, kept_all: list, pcfg) -> Path:
-    path = out / pcfg.symbols_dict
-    if pcfg.existing_symbols_dict:
-        src = resolve_path(pcfg.existing_symbols_dict)
-        if not path.is_file() or path.read_bytes() != src.read_bytes():
-            atomic_write_text(path, src.read_text(encoding="utf-8"))
-        return path
-    phones = {p for c in kept_all for p in c.custom["phones"]}
-    if path.is_file():
-        old = SymbolTable.from_file(path)
-        if phones <= set(old.symbols):
-            return path  # keep the ids of the previous run
-        log.warning(
-            "symbols.dict: new phones %s; ids change (as Amphion merges tables)",
-            sorted(phones - set(old.symbols)),
-        )
-        phones |= set(old.symbols) - {"<eps>"}
-    SymbolTable.from_symbols(phones).to_file(path)
-    return path
-
-
 def print_summary(summaries: dict[str, dict]) -> None:
     for name, s in summaries.items():
         for split, v in s["splits"].items():
@@ -412,10 +343,56 @@ def read_and_phonemize(
     return kept, rejected, candidates
 
 
-def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
-    """Run (or resume, or confirm up to date) stage 1; returns the per-dataset summaries."""
+JOB_COMMAND = "sh egs/tts/VALLE/run.sh --stage 1 --config {config} --nj {nj} --job_index {job}"
+
+
+def run_job(tasks: list[ShardTask], codec, out: Path, devices, workers, nj, job_index, config):
+    """Job `job_index` of `nj`: encode its own shards of the plan, no merge."""
+    mine = [t for k, t in enumerate(tasks) if job_of(k, nj) == job_index]
+    run_shards(mine, codec, out, devices, workers)
+    log.info(
+        "job %d of %d: its %d of %d shards are encoded. When every job is done, merge with: "
+        "sh egs/tts/VALLE/run.sh --stage 1 --config %s --nj %d",
+        job_index, nj, len(mine), len(tasks), config, nj,
+    )  # fmt: skip
+
+
+def plan(cfg: Config, roots: dict[str, Path], out: Path, device: str):
+    """Corpora -> (kept cuts, rejected, shard tasks per corpus, codec): identical in every job."""
+    pcfg = cfg.preprocess
+    # A pretrained / local codec needs no corpus audio: get it first, so missing weights fail
+    # before minutes of manifest work. A random-init one is k-means-initialised on the corpus.
+    random_init = not pcfg.codec_checkpoint and not pcfg.codec_pretrained
+    codec = None if random_init else prepare_codec(out, cfg, {}, device)
+    kept, rejected, candidates = read_and_phonemize(roots, pcfg, out)
+    if codec is None:
+        codec = prepare_codec(out, cfg, kept, device)
+    tasks = {
+        name: plan_shards(
+            name, kept[name], candidates[name], out / name / pcfg.acoustic_token_dir, codec, pcfg
+        )
+        for name in roots
+    }
+    return kept, rejected, tasks, codec
+
+
+def run_stage1(
+    cfg: Config,
+    devices: list[str],
+    num_workers: int,
+    nj: int = 1,
+    job_index: int | None = None,
+    config_path: str = "CONFIG",
+) -> dict:
+    """Run (or resume, or confirm up to date) stage 1; returns the per-dataset summaries ({} for
+    a job of a split run: `nj` jobs, this one `job_index`; see the module docstring).
+    `config_path` is only quoted in the commands that messages suggest."""
     start = time.time()
     pcfg = cfg.preprocess
+    if nj < 1:
+        raise StageError(f"--nj must be >= 1 (got {nj})")
+    if job_index is not None and not 0 <= job_index < nj:
+        raise StageError(f"--job_index {job_index} is outside 0 .. {nj - 1} (--nj {nj})")
     out = resolve_path(pcfg.processed_dir)
     roots = corpus_roots(cfg)
     settings = stage_settings(cfg, roots)
@@ -430,21 +407,16 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
         return done
     done_path.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    # A pretrained / local codec needs no corpus audio: get it first, so missing weights fail
-    # before minutes of manifest work. A random-init one is k-means-initialised on the corpus.
-    random_init = not pcfg.codec_checkpoint and not pcfg.codec_pretrained
-    codec = None if random_init else prepare_codec(out, cfg, {}, devices[0])
-    kept, rejected, candidates = read_and_phonemize(roots, pcfg, out)
-    if codec is None:
-        codec = prepare_codec(out, cfg, kept, devices[0])
-    tasks = {
-        name: plan_shards(
-            name, kept[name], candidates[name], out / name / pcfg.acoustic_token_dir, codec, pcfg
-        )
-        for name in roots
-    }
-    run_shards([t for ts in tasks.values() for t in ts], codec, out, devices, num_workers)
-
+    kept, rejected, tasks, codec = plan(cfg, roots, out, devices[0])
+    all_tasks = [t for ts in tasks.values() for t in ts]
+    if job_index is not None:
+        run_job(all_tasks, codec, out, devices, num_workers, nj, job_index, config_path)
+        return {}
+    if nj > 1:
+        command = JOB_COMMAND.format(config=config_path, nj=nj, job="{job}")
+        check_shards_complete(all_tasks, nj, command)
+    else:
+        run_shards(all_tasks, codec, out, devices, num_workers)
     summaries = {
         name: merge_dataset(name, kept[name], tasks[name], rejected[name], out, pcfg)
         for name in roots
@@ -453,7 +425,7 @@ def run_stage1(cfg: Config, devices: list[str], num_workers: int) -> dict:
         if not any(v["utterances"] for v in s["splits"].values()):
             raise StageError(f"{name}: nothing usable left (see {out / name / 'rejected.jsonl'})")
     kept_all = [c for name in roots for split in kept[name].values() for c in split]
-    write_symbols(out, kept_all, pcfg)
+    write_symbols(out, kept_all, pcfg, log)
     save_config(cfg, out / "config.json")
     print_summary(summaries)
     record = {"fingerprint": fingerprint, "summaries": summaries, "settings": settings}

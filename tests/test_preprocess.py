@@ -28,6 +28,7 @@ from models.tts.valle.dataset import VALLEDataset, load_cuts
 from text.symbol_table import SymbolTable, TextTokenizer
 from utils.audio import load_audio
 from utils.config import load_config
+from utils.cut_shards import read_cuts, read_index, remove_split, split_stems
 
 # The test corpora use a random-init codec on purpose (test_codec.py checks that it warns).
 pytestmark = pytest.mark.filterwarnings("ignore:RANDOM-INIT CODEC")
@@ -36,9 +37,9 @@ pytestmark = pytest.mark.filterwarnings("ignore:RANDOM-INIT CODEC")
 def _cuts(processed: Path) -> dict[str, dict]:
     """All kept cuts of a processed dir: id -> cut, over datasets and splits."""
     out = {}
-    for f in sorted(processed.glob("*/cuts_*.jsonl.gz")):
-        for cut in CutSet.from_file(f):
-            out[cut.id] = cut
+    for work in sorted(p for p in processed.iterdir() if p.is_dir()):
+        for stem in sorted(split_stems(work)):
+            out.update((cut.id, cut) for cut in read_cuts(work, stem))
     return out
 
 
@@ -50,8 +51,15 @@ def _rejected(processed: Path, dataset: str) -> dict[str, dict]:
 def test_manifests_phones_and_codes_contract(stage1, corpora):
     processed = stage1["processed"]
     for name in ("libritts", "custom"):
-        assert (processed / name / "cuts_train.jsonl.gz").is_file()
-    assert (processed / "libritts" / "cuts_valid.jsonl.gz").is_file()  # dev-clean
+        assert read_index(processed / name, "train").num_cuts > 0
+        assert not (processed / name / "cuts_train.jsonl.gz").exists()  # the one-file layout
+    assert read_index(processed / "libritts", "valid").num_cuts == 2  # dev-clean
+    # one manifest per shard, each referencing that shard's code file only
+    for index in (read_index(processed / n, s) for n in ("libritts", "custom") for s in ("train",)):
+        for manifest in index.manifests:
+            shard = manifest.name.split(".")[1]
+            files = {Path(c.codes.array.storage_path).name for c in CutSet.from_file(manifest)}
+            assert len(files) == 1 and files.pop().startswith(f"shard-{int(shard):05d}-")
     assert (processed / "symbols.dict").read_text().startswith("<eps> 0\n")
     tokenizer = TextTokenizer.from_file(processed / "symbols.dict")
     cuts = _cuts(processed)
@@ -112,7 +120,9 @@ def _tuple_shapes(cut):
 
 
 def test_lhotse_validate_with_read_data_accepts_stage1_manifests(stage1, caplog):
-    for path in sorted(stage1["processed"].glob("*/cuts_*.jsonl.gz")):
+    paths = sorted(stage1["processed"].glob("*/cuts_*.jsonl.gz"))
+    assert len(paths) > 4  # one per shard and split
+    for path in paths:
         cuts = CutSet.from_file(path)
         validate(cuts)
         with caplog.at_level(logging.WARNING):
@@ -131,7 +141,7 @@ def test_lhotse_validator_shape_bug_is_still_there(tmp_path):
 
 def test_load_codes_truncate_subset_split_use_every_frame(stage1):
     hop = 320 / 24000
-    cuts = CutSet.from_file(stage1["processed"] / "libritts" / "cuts_train.jsonl.gz")
+    cuts = read_cuts(stage1["processed"] / "libritts", "train")
     for cut in cuts:
         codes = cut.codes.load()
         t = len(codes)
@@ -222,15 +232,19 @@ def test_older_manifest_format_is_rewritten_on_rerun_without_reencoding(
     monkeypatch.setattr(pipeline, "MANIFEST_FORMAT", "codectts-stage1-1")
     pipeline.run_stage1(cfg, ["cpu"], 1)
     monkeypatch.undo()
-    for f in processed.glob("*/cuts_*.jsonl.gz"):
-        old = [fastcopy(c, duration=c.recording.duration) for c in CutSet.from_file(f)]
-        CutSet.from_cuts(old).to_file(f)
+    for work in (processed / "libritts", processed / "custom"):  # its one-file layout
+        for stem in split_stems(work):
+            old = [fastcopy(c, duration=c.recording.duration) for c in read_cuts(work, stem)]
+            remove_split(work, stem)
+            CutSet.from_cuts(old).to_file(work / f"cuts_{stem}.jsonl.gz")
     with caplog.at_level(logging.INFO, logger="preprocess"):
         pipeline.run_stage1(cfg, ["cpu"], 1)
     assert "changed since the last run" in caplog.text
     assert re.search(r"tokenize: (\d+) of \1 shards already done", caplog.text)
     for cut in _cuts(processed).values():
         assert cut.duration == cut.codes.duration and len(cut.load_codes()) == cut.codes.num_frames
+    assert not list(processed.glob("*/cuts_*[a-z].jsonl.gz"))  # rewritten in the shard layout
+    assert read_index(processed / "libritts", "train") is not None
 
 
 def _same_outputs(a: Path, b: Path) -> None:
@@ -381,7 +395,7 @@ def test_codec_setting_changes_change_every_shard_fingerprint(stage1, corpora, t
     cfg = load_config(stage1["config"])
     codec = CodecTokenizer.from_processed_dir(stage1["processed"])
     # 3 kept cuts + 1 malformed line = 4 candidates (the shard count depends on the candidates)
-    kept = {"train": list(CutSet.from_file(stage1["processed"] / "custom" / "cuts_train.jsonl.gz"))}
+    kept = {"train": list(read_cuts(stage1["processed"] / "custom", "train"))}
     names = [t.name for t in plan_shards("custom", kept, 4, tmp_path, codec, cfg.preprocess)]
     assert names == sorted(
         p.name[: -len(".done")]

@@ -126,7 +126,9 @@ def _as_older_stage1(cuts: CutSet, remainders: list[int]) -> CutSet:
 
 
 def test_older_stage1_cuts_are_converted_on_read_and_every_frame_is_trained(tmp_path, caplog):
-    processed = make_stage1(tmp_path / "data", n_train=6, n_valid=1, seed=3, frames=(10, 40))
+    processed = make_stage1(
+        tmp_path / "data", n_train=6, n_valid=1, seed=3, frames=(10, 40), layout="single"
+    )
     cfg = load_config(write_config(tmp_path / "c.json", processed, tmp_path / "exp"))
     path = processed / "libritts" / "cuts_train.jsonl.gz"
     remainders = [1, 100, 159, 160, 250, 320]  # samples in the last codec frame (320: full)

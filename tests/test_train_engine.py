@@ -16,6 +16,7 @@ from models.base.train_data import ResumableBatches, make_loader, make_sampler
 from models.base.train_recipe import TrainRecipe
 from models.base.trainer import parse_args, train
 from utils.checkpoint import list_checkpoints, load_weights, read_meta
+from utils.cut_shards import read_cuts
 
 
 class ToyDataset(torch.utils.data.Dataset):
@@ -54,7 +55,7 @@ class ToyRecipe(TrainRecipe):
         return {"processed_dir": str(self.path), "cuts": "v1"}
 
     def load_data(self, split: str) -> CutSet:
-        return CutSet.from_file(self.path / f"cuts_{split}.jsonl.gz").to_eager()
+        return read_cuts(self.path, split)
 
     def make_loader(self, cuts, split, *, world_size, rank, num_workers):
         sampler = make_sampler(cuts, self.cfg, shuffle=split == "train", world_size=world_size,

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from lhotse import CutSet
 from safetensors.torch import load_file
 from train_fixtures import make_stage1, read_log, write_config
 
@@ -22,6 +21,7 @@ from models.base.train_data import largest_batch
 from models.tts.valle import trainer
 from utils.checkpoint import list_checkpoints, read_best, read_meta
 from utils.config import load_config
+from utils.cut_shards import read_cuts
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -96,7 +96,7 @@ def test_gradient_accumulation_steps_and_epoch_tail(tmp_path):
     assert trainer.main(["--config", str(cfg), "--exp_name", "acc"]) == 0
     log = read_log(tmp_path / "exp" / "acc")
     assert sorted(log) == [1, 2, 3, 4]
-    cuts = CutSet.from_file(processed / "libritts" / "cuts_train.jsonl.gz")
+    cuts = read_cuts(processed / "libritts", "train")
     frames = sum(len(c.codes.load()) for c in cuts)
     assert log[1]["frames"] + log[2]["frames"] == frames == log[3]["frames"] + log[4]["frames"]
     # 6 cuts of >= 16 frames vs 2 cuts of <= 32 frames
@@ -144,7 +144,7 @@ def test_largest_batch_and_out_of_memory_advice(tmp_path, monkeypatch):
 
     processed = make_stage1(tmp_path / "data", n_train=8, n_valid=1, frames=(10, 60))
     cfg = load_config(write_config(tmp_path / "c.json", processed, tmp_path / "exp"))
-    cuts = CutSet.from_file(processed / "libritts" / "cuts_train.jsonl.gz")
+    cuts = read_cuts(processed / "libritts", "train")
     frames = sorted((len(c.codes.load()) for c in cuts), reverse=True)
     assert [len(c.codes.load()) for c in largest_batch(cuts, cfg)] == frames[:3]
     cfg.train.use_dynamic_batchsize, cfg.train.max_tokens = True, frames[0] + frames[1]

@@ -1,9 +1,9 @@
 """Helpers of the training tests: a small fake stage-1 output, a tiny config, a subprocess runner.
 
 The fake stage-1 output has the layout of docs/ARCHITECTURE.md (symbols.dict, codec/codec.json,
-libritts/cuts_{train,valid}.jsonl.gz with `custom["phones"]` and a `codes` TemporalArray stored
-with a lhotse writer), so the dataset and trainer read it exactly like the real one, without
-waiting for espeak-ng and a codec.
+libritts/cuts_{train,valid}.NNNNNN.jsonl.gz + index, or the older one-file layout, with
+`custom["phones"]` and a `codes` TemporalArray stored with a lhotse writer), so the dataset and
+trainer read it exactly like the real one, without waiting for espeak-ng and a codec.
 
 Run as a script, it trains in this process with test hooks (used through subprocesses so that a
 real SIGTERM / SIGKILL can hit it):
@@ -41,10 +41,15 @@ def make_stage1(
     frames: tuple[int, int] = (16, 32),
     num_phones: tuple[int, int] = (4, 9),
     codec_name: str = "encodec_24khz",
+    layout: str = "shards",
 ) -> Path:
-    """Write a fake stage-1 output under root; return root."""
+    """Write a fake stage-1 output under root; return root. `layout`: "shards" = today's stage 1
+    (cut i of a split in shard i % 3, an index per split: utils/cut_shards.py), "single" = one
+    eager cuts_<split>.jsonl.gz per split (stage-1 MANIFEST_FORMAT <= 2)."""
     from lhotse import CutSet, MonoCut
     from lhotse.features.io import NumpyFilesWriter
+
+    from utils.cut_shards import write_split
 
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -70,7 +75,10 @@ def make_stage1(
                 cut.custom = {"phones": phones}
                 cut.codes = writer.store_array(cut_id, codes, frame_shift=HOP, temporal_dim=0)
                 cuts.append(cut)
-            CutSet.from_cuts(cuts).to_file(out / f"cuts_{split}.jsonl.gz")
+            if layout == "single":
+                CutSet.from_cuts(cuts).to_file(out / f"cuts_{split}.jsonl.gz")
+            else:
+                write_split(out, split, {k: cuts[k::3] for k in range(min(3, n))})
     return root
 
 

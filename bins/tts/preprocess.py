@@ -1,9 +1,13 @@
 """Recipe stage 1 (`run.sh --stage 1`): lhotse manifests, phonemes and EnCodec tokens.
 
     [CUDA_VISIBLE_DEVICES=0,1] python bins/tts/preprocess.py --config CONFIG [--num_workers N]
+        [--nj N [--job_index I]]
 
 All settings come from the config's `preprocess` section (see preprocessors/pipeline.py). Work
 is split over every visible GPU (run.sh's --gpu sets CUDA_VISIBLE_DEVICES), else the CPU.
+Across machines (Kaldi-style jobs over a shared processed_dir): `--nj N --job_index I` encodes
+job I's shards only (shard k of the plan belongs to job k % N) and does not merge; `--nj N`
+without --job_index is the merge (encodes nothing, fails naming missing shards and their jobs).
 """
 
 from __future__ import annotations
@@ -30,6 +34,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="worker processes per device (default: preprocess.num_workers)",
     )
+    parser.add_argument(
+        "--nj", type=int, default=1, help="jobs stage 1 is split into (default 1: everything)"
+    )
+    parser.add_argument(
+        "--job_index",
+        type=int,
+        default=None,
+        help="with --nj N: this job (0 .. N-1) encodes its shards only; omit it to merge",
+    )
     return parser.parse_args(argv)
 
 
@@ -52,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         workers = args.num_workers if args.num_workers is not None else cfg.preprocess.num_workers
         if workers < 1:
             raise ConfigError(f"--num_workers must be >= 1 (got {workers})")
-        run_stage1(cfg, choose_devices(), workers)
+        if args.job_index is not None and args.nj < 2:
+            raise ConfigError(f"--job_index {args.job_index} needs --nj > 1 (got --nj {args.nj})")
+        run_stage1(cfg, choose_devices(), workers, args.nj, args.job_index, args.config)
     except (ConfigError, CorpusError, CodecError, StageError, G2PError) as e:
         print(f"preprocess.py: ERROR: {e}", file=sys.stderr)
         return 1

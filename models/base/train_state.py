@@ -2,11 +2,12 @@
 
 `Run` holds everything a run reads and mutates. A checkpoint (utils/checkpoint.py layout) is
 the model's weights, `meta.json` (the recipe's `meta()` + epoch, step, losses, data
-fingerprint) and `training_state.pt`: optimizer, scheduler, sampler position (epoch + batches
-consumed), the fp16 loss scaler, the counters, and the python / numpy / torch (+ CUDA) RNG
-states and the recipe's generator of every rank, so that a resumed run continues bit for bit;
-so a resume needs the same number of processes (`world_size`, in both files; `check_start`
-refuses another and names the ways on).
+fingerprint) and `training_state.pt`: optimizer, scheduler, sampler state (epoch + batches
+consumed, what the batches depend on, lhotse's own state: `ResumableBatches`), the fp16 loss
+scaler, the counters, and the python / numpy / torch (+ CUDA) RNG states and the recipe's
+generator of every rank, so that a resumed run continues bit for bit; so a resume needs the
+same number of processes (`world_size`, in both files; `check_start` refuses another and names
+the ways on).
 The keys are those of the first VALL-E trainer (the recipe's generator is stored as
 "nar_generator"), so older checkpoints resume unchanged.
 
@@ -289,6 +290,12 @@ def restore_training_state(run: Run, state: dict) -> None:
     for key, value in state["counters"].items():
         setattr(run, key, value)
     run.last_valid = dict(state.get("last_valid", {}))
+    if changed := run.train_batches.check_state(state.get("sampler", {})):
+        logger.warning(
+            "the training batches are drawn otherwise than when the checkpoint was written "
+            "(%s): the resumed epoch gets other batches (training continues, not bit for bit)",
+            "; ".join(changed),
+        )
     set_rng_state(run, state["rng"][run.accelerator.process_index])  # same world: check_start
 
 

@@ -34,7 +34,13 @@ from accelerate import Accelerator, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from lhotse import CutSet
 
-from models.base.train_data import auto_num_workers, estimate_steps_per_epoch, largest_batch
+from models.base.train_data import (
+    SplitData,
+    auto_num_workers,
+    estimate_steps_per_epoch,
+    largest_batch,
+    split_data,
+)
 from models.base.train_loop import batch_loss, stop_on_signals, train_loop
 from models.base.train_recipe import TrainRecipe
 from models.base.train_state import (
@@ -147,7 +153,7 @@ def train(args: argparse.Namespace, recipe_class: type[TrainRecipe]) -> int:
     training_state = check_start(
         resume_from, init_from, fingerprint, recipe, accelerator.num_processes
     )
-    run, train_cuts, num_valid = start_run(recipe, accelerator, exp_dir, fingerprint, init_from)
+    run, train_data, num_valid = start_run(recipe, accelerator, exp_dir, fingerprint, init_from)
     prepare_experiment_dir(run)
     if training_state is not None:
         restore_training_state(run, training_state)
@@ -157,9 +163,9 @@ def train(args: argparse.Namespace, recipe_class: type[TrainRecipe]) -> int:
             resume_from, run.epoch, run.step, run.batches_done,
         )  # fmt: skip
     if accelerator.device.type == "cuda" and cfg.train.check_largest_batch:
-        check_largest_batch_fits(run, train_cuts)
+        check_largest_batch_fits(run, train_data.longest)
     if is_main(run):
-        open_logs(run, len(train_cuts), num_valid)
+        open_logs(run, train_data.num_cuts, num_valid)
     with stop_on_signals(run):
         try:
             return train_loop(run)
@@ -176,10 +182,11 @@ def start_run(
     exp_dir: Path,
     fingerprint: dict,
     init_from: Path | None,
-) -> tuple[Run, CutSet, int]:
+) -> tuple[Run, SplitData, int]:
     """Data first (checked before any model is built), then model, optimizer, schedule."""
     cfg, world, rank = recipe.cfg, accelerator.num_processes, accelerator.process_index
     train_cuts, valid_cuts = (recipe.load_data(s) for s in ("train", "valid"))
+    train_data = split_data(train_cuts, cfg)  # counts of the split (an index, or counted)
     workers = auto_num_workers(cfg.train.num_workers, world)
     loaders = {
         split: recipe.make_loader(cuts, split, world_size=world, rank=rank, num_workers=workers)
@@ -216,9 +223,9 @@ def start_run(
         train_stage=cfg.train.train_stage,
         data_fingerprint=fingerprint,
         generator=generator,
-        steps_per_epoch_estimate=estimate_steps_per_epoch(train_cuts, cfg, world),
+        steps_per_epoch_estimate=estimate_steps_per_epoch(train_data, cfg, world),
     )
-    return run, train_cuts, len(valid_cuts)
+    return run, train_data, split_data(valid_cuts, cfg).num_cuts
 
 
 def prepare_experiment_dir(run: Run) -> None:
@@ -243,12 +250,13 @@ def open_logs(run: Run, num_train: int, num_valid: int) -> None:
     )  # fmt: skip
 
 
-def check_largest_batch_fits(run: Run, cuts: CutSet) -> None:
+def check_largest_batch_fits(run: Run, cuts: list) -> None:
     """CUDA (opt out: train.check_largest_batch false): run forward + backward on the largest
-    batch the sampler can form, next to a stand-in for AdamW's state (2 tensors per trainable
-    parameter) unless the optimizer already holds it (resume), so an out-of-memory happens now
-    with advice instead of hours into training. Leaves no trace: RNGs forked, grads dropped,
-    buffers (BatchNorm running statistics of add_prenet) restored."""
+    batch the sampler can form (from `cuts`: the split's longest), next to a stand-in for
+    AdamW's state (2 tensors per trainable parameter) unless the optimizer already holds it
+    (resume), so an out-of-memory happens now with advice instead of hours into training.
+    Leaves no trace: RNGs forked, grads dropped, buffers (BatchNorm running statistics of
+    add_prenet) restored."""
     cfg, device = run.cfg.train, run.accelerator.device
     chosen = largest_batch(cuts, run.cfg)
     batch = run.train_loader.dataset[CutSet.from_cuts(chosen)]

@@ -27,6 +27,8 @@ opt -s stage 1 "first recipe stage: 1 data, 2 training, 3 inference, 4 evaluatio
 opt stop_stage "" "last recipe stage to run [same as --stage]"
 opt gpu "" "visible GPU ids, e.g. 0,1 [all; the CPU when there is none]"
 opt num_workers "" "stage 1: worker processes per device [preprocess.num_workers]"
+opt nj 1 "stage 1: jobs (machines) it is split into; with N > 1 and no --job_index: merge"
+opt job_index "" "stage 1 with --nj N: this job (0 .. N-1) encodes its shards, no merge"
 opt model_train_stage "" "stage 2: 0 AR+NAR, 1 AR decoder, 2 NAR decoders [train.train_stage]"
 opt ar_model_ckpt_dir "" "stage 2, NAR: AR experiment or checkpoint dir to start from"
 opt resume false "stage 2: continue the experiment (true/false)"
@@ -122,8 +124,8 @@ opt_args() {  # opt_args FLAG VALUE...: "--flag value" for each non-empty value
 
 if stage_selected 1; then
   log "Stage 1: manifests, phonemes and codec tokens"
-  mapfile -d '' extra < <(opt_args --num_workers "$num_workers")
-  python bins/tts/preprocess.py --config "$config" ${extra[@]+"${extra[@]}"}
+  mapfile -d '' extra < <(opt_args --num_workers "$num_workers" --job_index "$job_index")
+  python bins/tts/preprocess.py --config "$config" --nj "$nj" ${extra[@]+"${extra[@]}"}
 fi
 
 if stage_selected 2; then

@@ -20,6 +20,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -29,7 +30,9 @@ from lhotse.dataset.collation import collate_matrices, collate_vectors
 
 from models.base.train_data import (
     DataError,
+    EpochShards,
     ResumableBatches,
+    SplitData,
     codes_of,
     hop_seconds,
     make_loader,
@@ -39,45 +42,100 @@ from models.base.train_data import (
 from models.codec.encodec import SAMPLE_RATE, codec_span
 from text.symbol_table import TextTokenizer, UnknownPhoneError
 from utils.config import Config
+from utils.cut_shards import audio_seconds, index_path, read_cuts, read_index, single_manifest
 
 logger = logging.getLogger(__name__)
 
 
-def stage1_cuts_path(cfg: Config, processed_dir: Path, dataset: str, split: str) -> Path:
-    """`<processed_dir>/<dataset>/cuts_<stem>.jsonl.gz`; the stem of `preprocess.train_file` /
-    `valid_file` names the split (Amphion keys, as stage 1 writes them)."""
-    stem = Path(getattr(cfg.preprocess, f"{split}_file")).stem
-    return processed_dir / dataset / f"cuts_{stem}.jsonl.gz"
+@dataclass
+class VALLESplit(SplitData):
+    """A split of VALL-E's stage-1 output; `phones` (lazy splits): phone -> first cut using it,
+    from the index, so that `check_phones` need not read the cuts."""
+
+    phones: dict[str, str] | None = None
+    where: str = ""  # the folder(s) it comes from, for messages
+    audio_range: tuple[float, float] = (0.0, math.inf)  # shortest, longest audio (lazy: index)
 
 
-def load_cuts(cfg: Config, processed_dir: Path, split: str) -> CutSet:
-    """The `split` ("train" / "valid") cuts of every corpus in `cfg.dataset`, in config order.
+def split_stem(cfg: Config, split: str) -> str:
+    """The stem of `preprocess.train_file` / `valid_file` names the split (Amphion keys, as
+    stage 1 writes them)."""
+    return Path(getattr(cfg.preprocess, f"{split}_file")).stem
 
-    Every corpus must have train cuts; a corpus without valid cuts is skipped with a warning
-    (stage 1 writes none when it has no valid subset / valid_fraction), as long as one has some."""
-    sets, missing = [], []
+
+def _read_layouts(cfg: Config, processed_dir: Path, split: str) -> list:
+    """(dataset dir, SplitIndex or None for the one-file layout) per corpus that has the split;
+    a corpus without train cuts is an error."""
+    stem, found = split_stem(cfg, split), []
     for dataset in cfg.dataset:
-        path = stage1_cuts_path(cfg, processed_dir, dataset, split)
-        if path.is_file():
-            cuts = span_old_cuts(CutSet.from_file(path), path)
-            if split == "train" or len(cuts):
-                sets.append(cuts)
-                continue
+        work = processed_dir / dataset
+        try:
+            index = read_index(work, stem)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        if index is not None or single_manifest(work, stem).is_file():
+            found.append((work, index))
         elif split == "train":
             raise DataError(
-                f"stage-1 output missing: {path} does not exist. Run the data stage first: "
+                f"stage-1 output missing: neither {index_path(work, stem)} nor "
+                f"{single_manifest(work, stem)} exists. Run the data stage first: "
                 "sh egs/tts/VALLE/run.sh --stage 1 (same --config), or fix "
                 "preprocess.processed_dir / dataset in the config."
             )
-        missing.append(str(path))
-    if not sets:
+    return found
+
+
+def load_split(cfg: Config, processed_dir: Path, split: str) -> VALLESplit:
+    """The `split` ("train" / "valid") of every corpus in `cfg.dataset`, in config order.
+
+    Lazy when every corpus has the per-shard layout with an index (stage 1 MANIFEST_FORMAT 3,
+    utils/cut_shards.py): nothing is read but the indexes. Eager (as before) when one has the
+    one-file layout of earlier stage-1 runs. Every corpus must have train cuts; a corpus
+    without valid cuts is skipped with a warning, as long as one has some."""
+    found = _read_layouts(cfg, processed_dir, split)
+    found = [(w, i) for w, i in found if i is None or i.num_cuts or split == "train"]
+    names = {str(w) for w, _ in found}
+    missing = [d for d in cfg.dataset if str(processed_dir / d) not in names]
+    if not found:
         raise DataError(
-            f"no {split} cuts: {', '.join(missing)} missing or empty. Give stage 1 a validation "
-            "subset (libritts_valid_subsets) or preprocess.valid_fraction > 0 and rerun it."
+            f"no {split} cuts in {processed_dir} ({', '.join(missing)}): missing or empty. Give "
+            "stage 1 a validation subset (libritts_valid_subsets) or preprocess.valid_fraction "
+            "> 0 and rerun it."
         )
     if missing:
         logger.warning("no %s cuts in %s; using the other corpora's", split, ", ".join(missing))
-    return sets[0] if len(sets) == 1 else combine(*sets)
+    where = ", ".join(str(w) for w, _ in found)
+    if all(index is not None for _, index in found):
+        return _lazy_split([index for _, index in found], cfg, where)
+    stem = split_stem(cfg, split)
+    sets = [span_old_cuts(read_cuts(w, stem), single_manifest(w, stem)) for w, _ in found]
+    cuts = sets[0] if len(sets) == 1 else combine(*sets).to_eager()
+    return VALLESplit(**vars(SplitData.eager(cuts, cfg)), where=where)
+
+
+def _lazy_split(indexes: list, cfg: Config, where: str) -> VALLESplit:
+    """A lazy split over the shard manifests of `indexes` (utils.cut_shards.SplitIndex)."""
+    shards = EpochShards([m for index in indexes for m in index.manifests])
+    phones: dict[str, str] = {}
+    for index in indexes:
+        phones = {**index.phones, **phones}  # the first corpus's cut names a phone
+    hop, ranges = hop_seconds(cfg), [i.audio_range for i in indexes]
+    return VALLESplit(
+        cuts=CutSet(shards),
+        num_cuts=sum(i.num_cuts for i in indexes),
+        frames=sum(i.frames for i in indexes),
+        longest=sorted((c for i in indexes for c in i.longest), key=lambda c: -num_frames(c, hop)),
+        durations=sorted(d for i in indexes for d in i.durations),
+        shards=shards,
+        phones=phones,
+        where=where,
+        audio_range=(min(r[0] for r in ranges), max(r[1] for r in ranges)),
+    )
+
+
+def load_cuts(cfg: Config, processed_dir: Path, split: str) -> CutSet:
+    """The split's cuts (lazy or eager, see `load_split`)."""
+    return load_split(cfg, processed_dir, split).cuts
 
 
 def _predates_codec_span(cut: Cut) -> bool:
@@ -110,13 +168,16 @@ def span_old_cuts(cuts: CutSet, path: Path) -> CutSet:
     return CutSet.from_cuts(codec_span(c) if _predates_codec_span(c) else c for c in cuts)
 
 
-def audio_seconds(cut: Cut) -> float:
-    """Audio length of a cut: a stage-1 cut's duration also covers its last codec frame's
-    padding (up to one hop past the recording's end)."""
-    end = cut.start + cut.duration  # not cut.end: it needs a sampling rate (a recording)
-    if cut.has_recording:
-        end = min(end, cut.recording.duration)
-    return end - cut.start
+def left_out_reason(cut: Cut, cfg: Config, min_duration: float, max_duration: float) -> str:
+    """Why training leaves the cut out ("" when it keeps it)."""
+    seconds = audio_seconds(cut)
+    if seconds < min_duration or seconds > max_duration:
+        return f"duration {seconds:.2f}s outside [{min_duration}, {max_duration}]"
+    if not cut.custom or "phones" not in cut.custom or not cut.has_custom("codes"):
+        return "no custom['phones'] or codes (not a stage-1 cut)"
+    if cfg.train.use_dynamic_batchsize and num_frames(cut, hop_seconds(cfg)) > cfg.train.max_tokens:
+        return f"longer than train.max_tokens={cfg.train.max_tokens} frames"
+    return ""
 
 
 def filter_cuts(
@@ -126,31 +187,77 @@ def filter_cuts(
 
     Returns the kept cuts (eager) and (cut id, reason) for each left-out one, so that the caller
     can report them (nothing is dropped silently)."""
-    hop = hop_seconds(cfg)
     kept, rejected = [], []
     for cut in cuts:
-        seconds = audio_seconds(cut)
-        if seconds < min_duration or seconds > max_duration:
-            reason = f"duration {seconds:.2f}s outside [{min_duration}, {max_duration}]"
+        if reason := left_out_reason(cut, cfg, min_duration, max_duration):
             rejected.append((cut.id, reason))
-        elif not cut.custom or "phones" not in cut.custom or not cut.has_custom("codes"):
-            rejected.append((cut.id, "no custom['phones'] or codes (not a stage-1 cut)"))
-        elif cfg.train.use_dynamic_batchsize and num_frames(cut, hop) > cfg.train.max_tokens:
-            rejected.append((cut.id, f"longer than train.max_tokens={cfg.train.max_tokens} frames"))
         else:
             kept.append(cut)
     return CutSet.from_cuts(kept), rejected
 
 
-def check_phones(cuts: CutSet, tokenizer: TextTokenizer) -> None:
-    """Fail before training when a cut has a phone the table lacks (naming cut and phone)."""
-    for cut in cuts:
-        unknown = tokenizer.unknown_phones(cut.custom["phones"])
-        if unknown:
-            raise DataError(
-                f"cut {cut.id}: phones {unknown} are not in {tokenizer.source}; the cuts and the "
-                "symbol table come from different stage-1 runs - rerun stage 1"
-            )
+class LazyKeep:
+    """`left_out_reason` as a lazy filter predicate: each left-out cut is logged when the
+    sampler meets it (the first 5, then at 10, 100, 1000, ... with the running count)."""
+
+    def __init__(self, cfg: Config, min_duration: float, max_duration: float, split: str):
+        self.cfg, self.limits, self.split, self.left_out = (
+            cfg,
+            (min_duration, max_duration),
+            split,
+            0,
+        )
+
+    def __call__(self, cut: Cut) -> bool:
+        reason = left_out_reason(cut, self.cfg, *self.limits)
+        if reason:
+            self.left_out += 1
+            n = self.left_out
+            if n <= 5 or math.log10(n).is_integer():
+                logger.warning("%s: left out cut %s (%s); %d cut(s) left out so far", self.split,
+                               cut.id, reason, n)  # fmt: skip
+        return not reason
+
+
+def filter_split(
+    data: VALLESplit, cfg: Config, split: str, *, min_duration: float, max_duration: float
+) -> tuple[VALLESplit, list[tuple[str, str]]]:
+    """`filter_cuts` for a split: eager -> the kept cuts and every left-out one; lazy -> the
+    filter applied lazily (`LazyKeep` reports what it leaves out), and the left-out cuts the
+    index proves: all of them when no cut's audio length is within the limits."""
+    if data.shards is None:
+        kept, rejected = filter_cuts(data.cuts, cfg, min_duration=min_duration,
+                                     max_duration=max_duration)  # fmt: skip
+        return VALLESplit(**{**vars(SplitData.eager(kept, cfg)), "where": data.where}), rejected
+    keep = LazyKeep(cfg, min_duration, max_duration, split)
+    longest = [c for c in data.longest if not left_out_reason(c, cfg, min_duration, max_duration)]
+    shortest, longest_seconds = data.audio_range
+    rejected = []
+    if longest_seconds < min_duration or shortest > max_duration:
+        reason = f"duration outside [{min_duration}, {max_duration}] (index of {data.where})"
+        rejected = [("*", reason)] * data.num_cuts
+    filtered = {"cuts": data.cuts.filter(keep), "longest": longest, "num_cuts": data.num_cuts}
+    return VALLESplit(**{**vars(data), **filtered}), rejected
+
+
+def check_phones(cuts: CutSet | VALLESplit, tokenizer: TextTokenizer) -> None:
+    """Fail before training when a cut has a phone the table lacks (naming cut and phone); a
+    lazy split is checked from its index (every phone of the split, with its first cut)."""
+    if isinstance(cuts, VALLESplit) and cuts.phones is not None:
+        for phone, cut_id in cuts.phones.items():
+            if unknown := tokenizer.unknown_phones([phone]):
+                _unknown_phone(cut_id, unknown, tokenizer)
+        return
+    for cut in cuts.cuts if isinstance(cuts, VALLESplit) else cuts:
+        if unknown := tokenizer.unknown_phones(cut.custom["phones"]):
+            _unknown_phone(cut.id, unknown, tokenizer)
+
+
+def _unknown_phone(cut_id: str, unknown: list, tokenizer: TextTokenizer):
+    raise DataError(
+        f"cut {cut_id}: phones {unknown} are not in {tokenizer.source}; the cuts and the "
+        "symbol table come from different stage-1 runs - rerun stage 1"
+    )
 
 
 class SpeakerPrompts:
@@ -257,7 +364,7 @@ class VALLEDataset(torch.utils.data.Dataset):
 
 
 def make_dataloader(
-    cuts: CutSet,
+    cuts: CutSet | VALLESplit,
     cfg: Config,
     tokenizer: TextTokenizer,
     *,
@@ -268,13 +375,17 @@ def make_dataloader(
     name: str = "",
 ) -> tuple[torch.utils.data.DataLoader, ResumableBatches]:
     """The loader of `cuts` (VALL-E batches) and its resumable sampler."""
+    shards = cuts.shards if isinstance(cuts, SplitData) else None
     batches = ResumableBatches(
-        make_sampler(cuts, cfg, shuffle=shuffle, world_size=world_size, rank=rank, name=name)
+        make_sampler(cuts, cfg, shuffle=shuffle, world_size=world_size, rank=rank, name=name),
+        shards,
     )
     prompts = None
     if cfg.model.prefix_mode == 4:
         pre = cfg.preprocess
         frames = max(1, round(cfg.train.nar_prompt_seconds * pre.sample_rate / pre.codec_hop_size))
-        prompts = SpeakerPrompts(cuts, frames, cfg.train.random_seed)
+        # a full pass over the split (see SpeakerPrompts): the one start-up scan left
+        source = cuts.cuts if isinstance(cuts, SplitData) else cuts
+        prompts = SpeakerPrompts(source, frames, cfg.train.random_seed)
     dataset = VALLEDataset(tokenizer, cfg.model.num_quantizers, prompts)
     return make_loader(dataset, batches, num_workers), batches

@@ -19,14 +19,19 @@ import shutil
 from pathlib import Path
 
 import torch
-from lhotse import CutSet
 
 from models.base.train_data import DataError
 from models.base.train_recipe import TrainRecipe
 from models.base.train_state import TrainingError, check_model_config
 from models.base.trainer import parse_args as engine_args
 from models.base.trainer import train
-from models.tts.valle.dataset import check_phones, filter_cuts, load_cuts, make_dataloader
+from models.tts.valle.dataset import (
+    VALLESplit,
+    check_phones,
+    filter_split,
+    load_split,
+    make_dataloader,
+)
 from models.tts.valle.listening import write_listening_samples
 from models.tts.valle.valle import VALLE
 from text.symbol_table import TextTokenizer
@@ -89,29 +94,30 @@ def build_model(cfg: Config, train_stage: int, init_from: Path | None) -> tuple[
     return model, trainable
 
 
-def load_data(cfg: Config, processed_dir: Path, split: str, tokenizer: TextTokenizer) -> CutSet:
-    cuts = load_cuts(cfg, processed_dir, split)
-    cuts, rejected = filter_cuts(
-        cuts,
+def load_data(cfg: Config, processed_dir: Path, split: str, tokenizer: TextTokenizer) -> VALLESplit:
+    """The split, filtered (lazily for the per-shard layout: `filter_split`) and checked."""
+    data, rejected = filter_split(
+        load_split(cfg, processed_dir, split),
         cfg,
+        split,
         min_duration=cfg.preprocess.min_duration,
         max_duration=cfg.preprocess.max_duration,
     )
-    if rejected:
+    if rejected and data.shards is None:
         shown = "; ".join(f"{cut_id}: {why}" for cut_id, why in rejected[:5])
         logger.warning("%s: left out %d cuts (%s%s)", split, len(rejected), shown,
                        " ..." if len(rejected) > 5 else "")  # fmt: skip
-    if len(cuts) == 0:
+    if data.num_cuts == 0 or (data.shards is not None and rejected):
         raise DataError(empty_split_message(cfg, processed_dir, split, rejected))
-    check_phones(cuts, tokenizer)
-    return cuts
+    check_phones(data, tokenizer)
+    return data
 
 
 def empty_split_message(cfg: Config, processed_dir: Path, split: str, rejected: list) -> str:
     """Which filters left no usable cut in a split, and what to change."""
     if not rejected:
         return f"the {split} split in {processed_dir} holds no cuts: rerun stage 1"
-    filters = {  # filter_cuts' reasons -> the config keys behind them
+    filters = {  # left_out_reason's reasons -> the config keys behind them
         "duration": f"preprocess.min_duration / max_duration = [{cfg.preprocess.min_duration}, "
         f"{cfg.preprocess.max_duration}] s",
         "no custom": "stage-1 fields (custom['phones'], codes): rerun stage 1",
@@ -165,10 +171,10 @@ class VALLETrainRecipe(TrainRecipe):
             )
         return None
 
-    def load_data(self, split: str) -> CutSet:
+    def load_data(self, split: str) -> VALLESplit:
         return load_data(self.cfg, self.processed_dir, split, self.tokenizer)
 
-    def make_loader(self, cuts: CutSet, split: str, *, world_size: int, rank: int,
+    def make_loader(self, cuts: VALLESplit, split: str, *, world_size: int, rank: int,
                     num_workers: int):  # fmt: skip
         return make_dataloader(cuts, self.cfg, self.tokenizer, shuffle=split == "train",
                                world_size=world_size, rank=rank, num_workers=num_workers,
