@@ -46,7 +46,7 @@ from models.base.train_state import (
     restore_training_state,
 )
 from utils.checkpoint import remove_incomplete
-from utils.config import Config, load_config, resolve_path, save_config
+from utils.config import Config, resolve_path, save_config
 
 logger = logging.getLogger("codectts.train")
 
@@ -116,7 +116,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
 def train(args: argparse.Namespace, recipe_class: type[TrainRecipe]) -> int:
     """One training process (rank) of recipe stage 2; 0 when done or stopped by a signal."""
     overrides = {"train": {"train_stage": args.train_stage}} if args.train_stage is not None else {}
-    cfg = load_config(args.config, overrides)
+    cfg = recipe_class.load_config(args.config, overrides)
     accelerator = make_accelerator(cfg)
     exp_dir = resolve_path(cfg.log_dir) / args.exp_name
     recipe = recipe_class(cfg, args)
