@@ -9,9 +9,9 @@ or seeded random-init EnCodec, k-means-initialised on the training audio and sav
 2. copies: every train utterance `augmentation_factor` times. Copy 0 is the original; copy k >= 1
    is perturbed: speed factor s ~ U(augment_speed) in steps of 1/120 (resampled as if recorded
    at 24000 * s Hz: tempo and pitch x s, like sox `speed`) and gain g ~ U(augment_gain_db) dB
-   (then clipped to [-1, 1]), drawn from a generator seeded by (augment_seed, cut id, k); its cut id is
-   `<id>_aug<k>` and `cut.custom["augmentation"] = {"copy", "speed", "gain_db"}`. valid / test
-   cuts are never copied;
+   (then clipped to [-1, 1]), drawn from a generator seeded by (augment_seed, cut id, k); its
+   cut id is `<id>_aug<k>` and `cut.custom["augmentation"] = {"copy", "speed", "gain_db"}`.
+   valid / test cuts are never copied;
 3. codes: the first `model.max_audio_seconds` of each copy (a whole number of 320-sample frames),
    with an optional linear fade-out of `fade_out_seconds` where the cap cuts the audio, encoded
    with EnCodec 24 kHz at `codec_bandwidth` (1.5 kbps = 2 codebooks), stored exactly as int16
