@@ -121,9 +121,11 @@ def load_split(cfg: TokTTSRecipeConfig, processed: Path, split: str, chars: Char
 
 
 def link_tree(src: Path, dst: Path) -> None:
-    """Copy a folder as hard links (no space used) where the file system allows, else copies."""
+    """Copy a folder as hard links (no space used) where the file system allows, else copies;
+    files already there (a resumed run) are replaced."""
 
     def link(a: str, b: str) -> None:
+        Path(b).unlink(missing_ok=True)
         try:
             os.link(a, b)
         except OSError:
