@@ -26,6 +26,7 @@ from evaluation.summary import summarise, write_summary, write_tensorboard
 from models.tts.valle.inference import InferenceError, find_model_source
 from utils.checkpoint import CheckpointError, read_meta
 from utils.config import ConfigError, load_config, read_json5
+from utils.toktts_config import load_toktts_config
 
 log = logging.getLogger("evaluate")
 OVERRIDES = {"asr": str, "asr_model": str, "sim": str, "sim_model": str, "mos": str}
@@ -42,6 +43,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input_dir", required=True, type=Path, help="folder with results.jsonl")
     p.add_argument("--output_dir", type=Path, default=None, help="[INPUT_DIR/eval]")
     p.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar [true]")
+    p.add_argument("--recipe", choices=["valle", "toktts"], default="valle", help="config kind")
     for name, kind in OVERRIDES.items():
         p.add_argument(f"--{name}", type=kind, default=None, help=f"[evaluation.{name}]")
     return p.parse_args(argv)
@@ -78,7 +80,8 @@ def run_info(input_dir: Path, cfg) -> tuple[dict, object]:
 
 def run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
-    cfg = load_config(args.config, overrides={"evaluation": overrides})
+    load = load_toktts_config if args.recipe == "toktts" else load_config
+    cfg = load(args.config, overrides={"evaluation": overrides})
     ev = cfg.evaluation
     out_dir = args.output_dir or args.input_dir / "eval"
     items, failures = read_results(args.input_dir / "results.jsonl")
@@ -86,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s: %s", f["name"], f["error"])
     log.info("%s: %d utterances to score, %d bad lines", args.input_dir, len(items), len(failures))
     device = ev.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    info, source = run_info(args.input_dir, cfg)
+    # TokTTS: no prompt to resynthesise (SIM-o is against the stage-3 reference recording)
+    info, source = run_info(args.input_dir, cfg) if args.recipe == "valle" else ({}, None)
     scorer = load_scorer(ev, device, source)
     for kind, what in scorer.backends.items():
         log.info("%s: %s", kind, what)

@@ -26,7 +26,12 @@ import torch
 from bins.tts._cli import run_reporting, str2bool
 from models.base.inference import InferenceError, claim_run_dir, read_test_list, safe_name
 from models.base.inference import synthesize as run_synthesis
-from models.tts.toktts.inference import TextRequest, TokTTSSynthesis, parse_line
+from models.tts.toktts.inference import (
+    TextRequest,
+    TokTTSSynthesis,
+    default_reference,
+    parse_line,
+)
 from models.tts.toktts.pipeline import ModelDirError, find_model, load_source
 from utils.checkpoint import CheckpointError
 from utils.config_loader import ConfigError
@@ -47,6 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--test_list_file", type=Path, help="text[|name] lines (batch mode)")
     p.add_argument("--output_dir", type=Path, help="[EXPT_DIR/result]")
     p.add_argument("--overwrite", type=str2bool, default=False, help="reuse OUT/<mode> [false]")
+    p.add_argument(
+        "--reference_audio",
+        type=Path,
+        help="stage 4's SIM-o reference [the experiment's first valid utterance]",
+    )
     p.add_argument("--device", help="torch device [cuda if available, else cpu]")
     p.add_argument("--progress", type=str2bool, default=True, help="progress bar [true]")
     p.add_argument("--run_dir_file", type=Path, help="write the run folder's path here")
@@ -77,7 +87,11 @@ def run(args: argparse.Namespace) -> int:
     log.info("model: %s %s (weights %s)", source.kind, source.root, source.weights)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, chars, codec = load_source(source, device)
-    synth = TokTTSSynthesis(model, chars, codec, inf, source.normalize_text)
+    reference = args.reference_audio or default_reference(source.root)
+    if reference is not None and not reference.is_file():
+        raise InferenceError(f"--reference_audio {reference}: no such file")
+    log.info("reference voice (SIM-o in stage 4): %s", reference or "none")
+    synth = TokTTSSynthesis(model, chars, codec, inf, source.normalize_text, reference)
     log.info("decoding: top_k=%d top_p=%g temperature=%g seed=%d batch_size=%d max_frames=%d",
              inf.top_k, inf.top_p, inf.temperature, inf.seed, inf.batch_size,
              synth.max_frames)  # fmt: skip

@@ -41,6 +41,7 @@ opt infer_temperature "" "stage 3: sampling temperature [inference.temperature]"
 opt infer_seed "" "stage 3: sampling seed [inference.seed]"
 opt infer_batch_size "" "stage 3: texts decoded together [inference.batch_size]"
 opt infer_max_seconds "" "stage 3: cap on generated seconds [inference.max_seconds]"
+opt infer_reference_audio "" "stage 3: voice reference for stage 4's SIM-o [first valid utterance]"
 opt overwrite false "stage 3: write into an existing output folder (true/false)"
 opt eval_input_dir "" "stage 4: stage-3 folder with results.jsonl [with 3: the one written]"
 opt eval_output_dir "" "stage 4: metrics and summary [<eval_input_dir>/eval]"
@@ -71,7 +72,7 @@ fi
 . "$work_dir/env.sh"
 . "$work_dir/utils/launch.sh"
 for path_opt in resume_from_ckpt_path infer_expt_dir infer_output_dir infer_test_list_file \
-    eval_input_dir eval_output_dir; do  # relative to the caller's directory, before the cd
+    infer_reference_audio eval_input_dir eval_output_dir; do  # caller-relative, before the cd
   case "${!path_opt}" in ""|/*) ;; *) printf -v "$path_opt" '%s' "$PWD/${!path_opt}" ;; esac
 done
 cd "$work_dir"
@@ -103,7 +104,8 @@ if stage_selected 3; then
   mapfile -d '' extra < <(opt_args --output_dir "$infer_output_dir" --text "$infer_text" \
     --test_list_file "$infer_test_list_file" --checkpoint "$infer_checkpoint" \
     --top_k "$infer_top_k" --top_p "$infer_top_p" --temperature "$infer_temperature" \
-    --seed "$infer_seed" --batch_size "$infer_batch_size" --max_seconds "$infer_max_seconds")
+    --seed "$infer_seed" --batch_size "$infer_batch_size" --max_seconds "$infer_max_seconds" \
+    --reference_audio "$infer_reference_audio")
   run_dir_file=$(mktemp)
   trap 'rm -f "$run_dir_file"' EXIT
   python bins/tts/toktts_inference.py --config "$config" --expt_dir "$infer_expt_dir" \
@@ -117,7 +119,7 @@ if stage_selected 4; then
   log "Stage 4: evaluation of $eval_input_dir"
   mapfile -d '' extra < <(opt_args --output_dir "$eval_output_dir" --asr "$eval_asr" \
     --mos "$eval_mos")
-  python bins/tts/evaluate.py --config "$config" --input_dir "$eval_input_dir" \
+  python bins/tts/evaluate.py --recipe toktts --config "$config" --input_dir "$eval_input_dir" \
     ${extra[@]+"${extra[@]}"}
 fi
 

@@ -82,9 +82,10 @@ class TokTTSSynthesis:
         codec: CodecTokenizer,
         inf: InferenceConfig,
         normalize: bool = False,
+        reference: Path | None = None,
     ):
         self.model, self.chars, self.codec, self.inf = model, chars, codec, inf
-        self.normalize = normalize
+        self.normalize, self.reference = normalize, reference
         self.device = next(model.parameters()).device
         self.sample_rate = codec.sample_rate
         self.max_frames = frame_cap(model.cfg.max_frames, inf, model.cfg.frame_rate)
@@ -119,4 +120,32 @@ class TokTTSSynthesis:
         return self.codec.decode(codes[None].to(self.codec.device))[0].float().cpu()
 
     def record(self, item: Prepared) -> dict:
-        return {"characters": len(item.ids), "max_frames": self.max_frames}
+        """+ the reference recording as `audio_prompt` (stage 4's SIM-o compares the output's
+        voice with it; TokTTS itself has no prompt, hence `text_prompt` "")."""
+        record = {"characters": len(item.ids), "max_frames": self.max_frames}
+        if self.reference is not None:
+            record.update(audio_prompt=str(self.reference), text_prompt="")
+        return record
+
+
+def default_reference(root: Path) -> Path | None:
+    """The recording of the first valid utterance of the data an experiment was trained on
+    (its config.json: preprocess.processed_dir, dataset), if it is still there; else None."""
+    import json
+
+    from lhotse import CutSet
+
+    from utils.config_loader import resolve_path
+
+    try:
+        saved = json.loads((root / "config.json").read_text(encoding="utf-8"))
+        processed = resolve_path(saved["preprocess"]["processed_dir"])
+        for dataset in saved["dataset"]:
+            path = processed / dataset / "cuts_valid.jsonl.gz"
+            if path.is_file():
+                first = min(CutSet.from_file(path), key=lambda c: c.id)
+                source = Path(first.recording.sources[0].source)
+                return source if source.is_file() else None
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    return None
