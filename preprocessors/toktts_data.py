@@ -276,23 +276,10 @@ def write_chars(out: Path, kept: dict[str, dict[str, list]], vocab_size: int) ->
 
 def log_summary(summaries: dict[str, dict]) -> None:
     for name, s in summaries.items():
-        for split, v in s["splits"].items():
-            log.info(
-                "%s/%s: %d utterances, %d copies, %.1f s of codes",
-                name,
-                split,
-                v["utterances"],
-                v["copies"],
-                v["code_seconds"],
-            )
-        detail = ", ".join(f"{k}: {v}" for k, v in s["rejected"].items()) or "none"
-        log.info(
-            "%s: rejected %d (%s) -> %s/rejected.jsonl",
-            name,
-            sum(s["rejected"].values()),
-            detail,
-            name,
-        )
+        kept = "; ".join(f"{split} {v['utterances']} utterances ({v['copies']} copies)"
+                         for split, v in s["splits"].items())  # fmt: skip
+        log.info("%s: %s; rejected %d %s -> %s/rejected.jsonl", name, kept,
+                 sum(s["rejected"].values()), s["rejected"] or "", name)  # fmt: skip
 
 
 def read_corpora(cfg: TokTTSRecipeConfig, roots: dict, out: Path) -> tuple[dict, dict]:

@@ -23,7 +23,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from utils.config import EvaluationConfig, InferenceConfig, TrainConfig
+from utils.config import EvaluationConfig, InferenceConfig, TrainConfig, check_codec_and_splits
 from utils.config_loader import ConfigError, build, check, load_raw_config, merge_tree
 
 
@@ -109,20 +109,7 @@ class TokTTSPreprocessConfig:
     def validate(self) -> None:
         check(self.min_duration >= 0, "min_duration", "must be >= 0")
         check(self.max_duration > self.min_duration, "max_duration", "must be > min_duration")
-        check(
-            self.codec_bandwidth in (1.5, 3.0, 6.0, 12.0, 24.0),
-            "codec_bandwidth",
-            "must be one of 1.5, 3.0, 6.0, 12.0, 24.0 (EnCodec 24 kHz bandwidths)",
-        )
-        check(self.codec_init_seconds > 0, "codec_init_seconds", "must be positive")
-        check(self.shard_size >= 1, "shard_size", "must be >= 1")
-        for key in ("valid_fraction", "test_fraction"):
-            check(0.0 <= getattr(self, key) < 1.0, key, "must be in [0, 1)")
-        check(
-            self.valid_fraction + self.test_fraction < 1.0,
-            "test_fraction",
-            "valid_fraction + test_fraction must be < 1",
-        )
+        check_codec_and_splits(self)
         check(self.augmentation_factor >= 1, "augmentation_factor", "must be >= 1 (1 = off)")
         low, high = (self.augment_speed + [0.0, 0.0])[:2]
         check(

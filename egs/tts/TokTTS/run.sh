@@ -49,12 +49,7 @@ opt eval_asr "" "stage 4: whisper, hubert or pocketsphinx [evaluation.asr]"
 opt eval_mos "" "stage 4: dnsmos or none [evaluation.mos]"
 parse_options "$@"
 
-[ -n "$stop_stage" ] || stop_stage=$stage
-one_of stage 1 2 3 4
-one_of stop_stage 1 2 3 4
-[ "$stage" -le "$stop_stage" ] || die "--stage ($stage) is after --stop_stage ($stop_stage)"
-[ -f "$config" ] || die "config file not found: $config (--config)"
-config=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")
+check_stages 4  # --stage .. --stop_stage in 1..4; --config exists (made absolute)
 one_of resume true false
 one_of resume_type resume finetune
 one_of overwrite true false
@@ -79,13 +74,6 @@ cd "$work_dir"
 use_gpus "$gpu"
 start_time=$(date +%s)
 log "config: $config"
-
-opt_args() {  # opt_args FLAG VALUE...: "--flag value" for each non-empty value
-  while [ $# -gt 0 ]; do
-    [ -z "$2" ] || printf '%s\0%s\0' "$1" "$2"
-    shift 2
-  done
-}
 
 if stage_selected 1; then
   log "Stage 1: manifests, first-seconds EnCodec tokens, character table"

@@ -60,12 +60,7 @@ opt eval_mos "" "stage 4: dnsmos or none [evaluation.mos]"
 parse_options "$@"
 
 # ---- checks: bad values and missing per-stage options fail before any stage runs ------------
-[ -n "$stop_stage" ] || stop_stage=$stage
-one_of stage 1 2 3 4
-one_of stop_stage 1 2 3 4
-[ "$stage" -le "$stop_stage" ] || die "--stage ($stage) is after --stop_stage ($stop_stage)"
-[ -f "$config" ] || die "config file not found: $config (--config)"
-config=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")
+check_stages 4  # --stage .. --stop_stage in 1..4; --config exists (made absolute)
 one_of resume true false
 one_of resume_type resume finetune
 needs 2 name
@@ -100,13 +95,6 @@ cd "$work_dir"
 use_gpus "$gpu"  # the only place --gpu is read: the stages use the visible devices
 start_time=$(date +%s)
 log "config: $config"
-
-opt_args() {  # opt_args FLAG VALUE...: "--flag value" for each non-empty value
-  while [ $# -gt 0 ]; do
-    [ -z "$2" ] || printf '%s\0%s\0' "$1" "$2"
-    shift 2
-  done
-}
 
 if stage_selected 1; then
   log "Stage 1: manifests, phonemes and codec tokens"
