@@ -30,6 +30,7 @@ test: install
 
 demo: install
 	bash egs/tts/VALLE/demo.sh
+	bash egs/tts/TokTTS/demo.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -40,4 +41,4 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 clean-demo:
-	rm -rf data/demo exp/demo corpus/mini
+	rm -rf data/demo exp/demo corpus/mini data/demo_toktts exp/demo_toktts corpus/mini_lj

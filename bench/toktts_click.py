@@ -11,7 +11,7 @@ this measures, for the hard cut and for a fade-out of --fade_ms:
 * step_db: |last sample| relative to the clip RMS (dB): the jump to silence when playback stops;
 * the same two on the codec's decoding of the clip (codec.decode(codec.encode(clip))).
 
-    python bench/toktts_click.py --processed_dir data/demo_toktts --wavs corpus/mini_lj/wavs
+    python -m bench.toktts_click --processed_dir data/demo_toktts --wavs corpus/mini_lj/wavs
 
 The codec is the one of --processed_dir (stage 1's codec/): with a random-init codec (the demo,
 here) the decoded figures describe that codec, not EnCodec's released weights.
