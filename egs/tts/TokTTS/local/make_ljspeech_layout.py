@@ -4,7 +4,8 @@ egs/tts/VALLE/local/make_mini_corpus.py) into the LJSpeech layout TokTTS's stage
 
     <out_dir>/metadata.csv     id|transcript|normalized transcript (LJSpeech's three fields)
     <out_dir>/wavs/<id>.wav    the audio (copied)
-    <out_dir>/test_list.txt    text|name lines for stage 3 (the texts of --test_subset)
+    <out_dir>/test_list.txt    text|name lines for stage 3: the texts of --test_subset whose
+                               characters all occur in the corpus (TokTTS knows only those)
 
 The utterances of --subsets become the corpus; those of --test_subset only give test texts.
 Idempotent (the folder is built under a temporary name and renamed when complete).
@@ -52,6 +53,8 @@ def main() -> int:
     rows = "".join(f"{utt}|{text}|{text}\n" for utt, text, _ in utts)
     (tmp / "metadata.csv").write_text(rows, encoding="utf-8")
     tests = transcripts(args.libritts_dir / args.test_subset) if args.test_subset else []
+    known = {ch for _, text, _ in utts for ch in text}
+    tests = [t for t in tests if set(t[1]) <= known]
     listing = "".join(f"{text}|test_{i:02d}\n" for i, (_, text, _) in enumerate(tests))
     (tmp / "test_list.txt").write_text("# text|name\n" + listing, encoding="utf-8")
     shutil.rmtree(args.out_dir, ignore_errors=True)
