@@ -132,6 +132,14 @@ check_stages() {  # check_stages N: --stage/--stop_stage in 1..N and in order (-
   config=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")
 }
 
+absolute_paths() {  # absolute_paths NAME...: the relative paths in these options made absolute
+  # (relative to the caller's directory: do it before the recipe cd's to the repository root)
+  local _name
+  for _name in "$@"; do
+    case "${!_name}" in "" | /*) ;; *) printf -v "$_name" '%s' "$PWD/${!_name}" ;; esac
+  done
+}
+
 needs() {  # needs N OPTION...: stop before anything runs when stage N will run without them
   local _stage=$1 _name
   shift

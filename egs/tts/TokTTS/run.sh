@@ -66,10 +66,8 @@ fi
 # shellcheck disable=SC1091
 . "$work_dir/env.sh"
 . "$work_dir/utils/launch.sh"
-for path_opt in resume_from_ckpt_path infer_expt_dir infer_output_dir infer_test_list_file \
-    infer_reference_audio eval_input_dir eval_output_dir; do  # caller-relative, before the cd
-  case "${!path_opt}" in ""|/*) ;; *) printf -v "$path_opt" '%s' "$PWD/${!path_opt}" ;; esac
-done
+absolute_paths resume_from_ckpt_path infer_expt_dir infer_output_dir infer_test_list_file \
+  infer_reference_audio eval_input_dir eval_output_dir
 cd "$work_dir"
 use_gpus "$gpu"
 start_time=$(date +%s)

@@ -81,10 +81,8 @@ fi
 . "$work_dir/env.sh"
 . "$work_dir/utils/launch.sh"
 # Paths given relative to the caller's directory stay so after the cd below.
-for path_opt in ar_model_ckpt_dir resume_from_ckpt_path infer_expt_dir infer_output_dir \
-    infer_test_list_file infer_audio_prompt eval_input_dir eval_output_dir; do
-  case "${!path_opt}" in ""|/*) ;; *) printf -v "$path_opt" '%s' "$PWD/${!path_opt}" ;; esac
-done
+absolute_paths ar_model_ckpt_dir resume_from_ckpt_path infer_expt_dir infer_output_dir \
+  infer_test_list_file infer_audio_prompt eval_input_dir eval_output_dir
 for path_opt in eval_asr_model eval_sim_model; do  # an existing local folder, else a hub id
   case "${!path_opt}" in
     ""|/*) ;;
