@@ -31,6 +31,7 @@ test: install
 demo: install
 	bash egs/tts/VALLE/demo.sh
 	bash egs/tts/ParlerTTS/demo.sh
+	bash egs/tts/TokTTS/demo.sh
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -41,4 +42,5 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 clean-demo:
-	rm -rf data/demo exp/demo corpus/mini data/parler_demo exp/parler_demo
+	rm -rf data/demo exp/demo corpus/mini data/parler_demo exp/parler_demo data/demo_toktts \
+		exp/demo_toktts corpus/mini_lj

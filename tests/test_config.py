@@ -270,6 +270,7 @@ def test_every_config_key_acts_is_fixed_or_is_documented_as_ignored():
     import dataclasses
 
     from tools.config_reference import SECTIONS as REFERENCE_SECTIONS
+    from tools.config_reference import TOKTTS as TOKTTS_SECTIONS
     from tools.config_reference import reference
 
     skip = ("utils/config.py", "tests/", "bench/", "tools/")
@@ -278,7 +279,10 @@ def test_every_config_key_acts_is_fixed_or_is_documented_as_ignored():
         for p in sorted(REPO_ROOT.rglob("*.py"))
         if ".venv" not in p.parts and not str(p.relative_to(REPO_ROOT)).startswith(skip)
     )
-    rows = {line.split("`")[1]: line for line in reference().splitlines() if line.startswith("| `")}
+    rows: dict[str, str] = {}  # the first row of a key: VALL-E's (TokTTS's tables follow)
+    for line in reference().splitlines():
+        if line.startswith("| `"):
+            rows.setdefault(line.split("`")[1], line)
     for section, cls in REFERENCE_SECTIONS:
         for f in dataclasses.fields(cls):
             if dataclasses.is_dataclass(f.type) or f.name in ("preprocess", "model", "train"):
@@ -292,3 +296,9 @@ def test_every_config_key_acts_is_fixed_or_is_documented_as_ignored():
                 assert f"must be {json.dumps(FIXED[key][0])}" in rows[key], key
             else:
                 assert re.search(rf"\.{f.name}\b|[\"']{f.name}[\"']", code), f"{key} is never read"
+    toktts_code = code.replace(Path(REPO_ROOT / "utils/toktts_config.py").read_text(), "")
+    for section, cls in TOKTTS_SECTIONS:  # TokTTS's own sections: every key is read somewhere
+        for f in dataclasses.fields(cls):
+            if not dataclasses.is_dataclass(f.type) and f.name not in ("model_type",):
+                pattern = rf"\.{f.name}\b|[\"']{f.name}[\"']"
+                assert re.search(pattern, toktts_code), f"TokTTS {section}.{f.name} is never read"

@@ -117,22 +117,28 @@ class PreprocessConfig:
             "max_duration",
             f"must be greater than min_duration ({self.max_duration} <= {self.min_duration})",
         )
-        check(
-            self.codec_bandwidth in (1.5, 3.0, 6.0, 12.0, 24.0),
-            "codec_bandwidth",
-            "must be one of 1.5, 3.0, 6.0, 12.0, 24.0 (EnCodec 24 kHz bandwidths)",
-        )
         check(self.num_workers >= 1, "num_workers", "must be >= 1")
         check(self.codec_batch_seconds > 0, "codec_batch_seconds", "must be positive")
-        check(self.codec_init_seconds > 0, "codec_init_seconds", "must be positive")
-        check(self.shard_size >= 1, "shard_size", "must be >= 1")
-        for key in ("valid_fraction", "test_fraction"):
-            check(0.0 <= getattr(self, key) < 1.0, key, "must be in [0, 1)")
-        check(
-            self.valid_fraction + self.test_fraction < 1.0,
-            "test_fraction",
-            "valid_fraction + test_fraction must be < 1",
-        )
+        check_codec_and_splits(self)
+
+
+def check_codec_and_splits(pcfg) -> None:
+    """The rules of the stage-1 keys every recipe's preprocess section shares (VALL-E's above,
+    TokTTS's in utils/toktts_config.py): codec bandwidth / init, shards, held-out fractions."""
+    check(
+        pcfg.codec_bandwidth in (1.5, 3.0, 6.0, 12.0, 24.0),
+        "codec_bandwidth",
+        "must be one of 1.5, 3.0, 6.0, 12.0, 24.0 (EnCodec 24 kHz bandwidths)",
+    )
+    check(pcfg.codec_init_seconds > 0, "codec_init_seconds", "must be positive")
+    check(pcfg.shard_size >= 1, "shard_size", "must be >= 1")
+    for key in ("valid_fraction", "test_fraction"):
+        check(0.0 <= getattr(pcfg, key) < 1.0, key, "must be in [0, 1)")
+    check(
+        pcfg.valid_fraction + pcfg.test_fraction < 1.0,
+        "test_fraction",
+        "valid_fraction + test_fraction must be < 1",
+    )
 
 
 @dataclass

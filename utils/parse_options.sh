@@ -13,7 +13,8 @@
 # is empty says in its own help what empty means. Unknown options, a missing value and stray
 # arguments stop the script naming the culprit; -h / --help prints every option and exits.
 # Also here: log / die (timestamped, icefall style), one_of (value checks) and the recipe-stage
-# helpers stage_selected / needs (required options checked before any stage runs).
+# helpers stage_selected / needs (required options checked before any stage runs), and opt_args
+# (options handed on to a stage's entry point).
 
 if [ -z "${BASH_VERSION:-}" ]; then
   echo "utils/parse_options.sh needs bash (re-exec the script under bash first)" >&2
@@ -119,11 +120,41 @@ stage_selected() {  # stage_selected N: true when recipe stage N is in --stage .
   [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]
 }
 
+check_stages() {  # check_stages N: --stage/--stop_stage in 1..N and in order (--stop_stage
+  # defaults to --stage); --config names an existing file (made absolute, as stages cd away)
+  [ -n "$stop_stage" ] || stop_stage=$stage
+  # shellcheck disable=SC2046
+  one_of stage $(seq 1 "$1")
+  # shellcheck disable=SC2046
+  one_of stop_stage $(seq 1 "$1")
+  [ "$stage" -le "$stop_stage" ] || die "--stage ($stage) is after --stop_stage ($stop_stage)"
+  [ -f "$config" ] || die "config file not found: $config (--config)"
+  config=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")
+}
+
+absolute_paths() {  # absolute_paths NAME...: the relative paths in these options made absolute
+  # (relative to the caller's directory: do it before the recipe cd's to the repository root)
+  local _name
+  for _name in "$@"; do
+    case "${!_name}" in "" | /*) ;; *) printf -v "$_name" '%s' "$PWD/${!_name}" ;; esac
+  done
+}
+
 needs() {  # needs N OPTION...: stop before anything runs when stage N will run without them
   local _stage=$1 _name
   shift
   stage_selected "$_stage" || return 0
   for _name in "$@"; do
     [ -n "${!_name}" ] || die "stage $_stage needs --$_name (see --help)"
+  done
+}
+
+# Passing options on to a stage's Python entry point:
+#   mapfile -d '' extra < <(opt_args --top_k "$infer_top_k" --seed "$infer_seed")
+#   python bins/x.py ${extra[@]+"${extra[@]}"}
+opt_args() {  # opt_args FLAG VALUE...: NUL-separated FLAG VALUE pairs, the empty VALUEs left out
+  while [ $# -gt 0 ]; do
+    [ -z "$2" ] || printf '%s\0%s\0' "$1" "$2"
+    shift 2
   done
 }

@@ -33,6 +33,7 @@ from models.tts.valle.inference import InferenceError, find_model_source
 from utils.checkpoint import CheckpointError, read_meta
 from utils.config import ConfigError, load_config, read_json5
 from utils.config_parler import load_parler_config
+from utils.toktts_config import load_toktts_config
 
 log = logging.getLogger("evaluate")
 OVERRIDES = {"asr": str, "asr_model": str, "sim": str, "sim_model": str, "mos": str}
@@ -49,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input_dir", required=True, type=Path, help="folder with results.jsonl")
     p.add_argument("--output_dir", type=Path, default=None, help="[INPUT_DIR/eval]")
     p.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar [true]")
-    p.add_argument("--recipe", choices=["valle", "parler"], default="valle", help="config kind")
+    p.add_argument(
+        "--recipe", choices=["valle", "parler", "toktts"], default="valle", help="config kind"
+    )
     for name, kind in OVERRIDES.items():
         p.add_argument(f"--{name}", type=kind, default=None, help=f"[evaluation.{name}]")
     return p.parse_args(argv)
@@ -89,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     if args.recipe == "parler":  # no prompt audio: no SIM-o / SIM-r, same-speaker SIM instead
         overrides.pop("sim_r", None)
         cfg = load_parler_config(args.config, overrides={"evaluation": overrides})
+    elif args.recipe == "toktts":
+        cfg = load_toktts_config(args.config, overrides={"evaluation": overrides})
     else:
         cfg = load_config(args.config, overrides={"evaluation": overrides})
     ev = cfg.evaluation
@@ -98,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         log.error("%s: %s", f["name"], f["error"])
     log.info("%s: %d utterances to score, %d bad lines", args.input_dir, len(items), len(failures))
     device = ev.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # TokTTS: no prompt to resynthesise (SIM-o is against the stage-3 reference recording)
     info, source = run_info(args.input_dir, cfg) if args.recipe == "valle" else ({}, None)
     scorer = load_scorer(ev, device, source)
     for kind, what in scorer.backends.items():

@@ -253,8 +253,8 @@ def how_to_resume(run: Run, path: Path | None) -> str:
     return (
         f"Training stopped by {run.stop_signal} at step {run.step}; checkpoint saved to {path}.\n"
         f"Resume with: {run.recipe.run_command} --config {Path(run.args.config).resolve()} "
-        f"--stage 2 --name {run.args.exp_name} --model_train_stage {run.train_stage} --resume true"
-        + (f" --gpu {run.args.gpu}" if run.args.gpu else "")
+        f"--stage 2 --name {run.args.exp_name}{run.recipe.resume_options(run.train_stage)} "
+        "--resume true" + (f" --gpu {run.args.gpu}" if run.args.gpu else "")
     )
 
 

@@ -5,6 +5,7 @@ the rest: accelerate, data loaders and their resume position, the update order, 
 mixed precision, checkpoints, resume / finetune, signals, the non-finite guard, validation and
 logs. The engine calls, in this order:
 
+    cfg = Recipe.load_config(path, overrides)   the recipe's config (VALL-E: utils/config.py)
     recipe = Recipe(cfg, args)
     recipe.check_data()                    -> fingerprint of the prepared data (in meta.json)
     recipe.init_source()                   a fresh start (no resume / finetune): weights to
@@ -51,11 +52,19 @@ class TrainRecipe:
     fingerprint_names: dict[str, str] = {}
     # what to do when a resume asks for another train_stage than the checkpoint's
     stage_hint = ""
-    # path, overrides -> the recipe's typed config (VALL-E's utils.config by default)
-    load_config = staticmethod(load_config)
 
     def __init__(self, cfg: Config, args: argparse.Namespace):
         self.cfg, self.args = cfg, args
+
+    @staticmethod
+    def load_config(path: str, overrides: dict) -> Any:
+        """The recipe's typed config (sections preprocess, model, train, log_dir, ... with the
+        engine's keys: train.*, preprocess.codec_hop_size / sample_rate for the frame hop)."""
+        return load_config(path, overrides)
+
+    def resume_options(self, train_stage: int) -> str:
+        """run.sh options besides --config/--stage/--name/--resume that continue a run."""
+        return f" --model_train_stage {train_stage}"
 
     def check_data(self) -> dict:
         """Check the prepared data exist and fit the config (before anything is built); return

@@ -69,12 +69,7 @@ opt eval_mos "" "stage 4: dnsmos or none [evaluation.mos]"
 parse_options "$@"
 
 # ---- checks: bad values and missing per-stage options fail before any stage runs ------------
-[ -n "$stop_stage" ] || stop_stage=$stage
-one_of stage 1 2 3 4
-one_of stop_stage 1 2 3 4
-[ "$stage" -le "$stop_stage" ] || die "--stage ($stage) is after --stop_stage ($stop_stage)"
-[ -f "$config" ] || die "config file not found: $config (--config)"
-config=$(cd "$(dirname "$config")" && pwd)/$(basename "$config")
+check_stages 4  # --stage .. --stop_stage in 1..4; --config exists (made absolute)
 one_of resume true false
 one_of resume_type resume finetune
 needs 2 name
@@ -100,10 +95,8 @@ read -r world world_rank launcher < <(launched_world)  # torchrun / srun started
   die "$launcher started this script as rank $world_rank of $world: run only --stage 2" \
     "--stop_stage 2 that way (one copy per process); the other stages run once, outside it"
 # Paths given relative to the caller's directory stay so after the cd below.
-for path_opt in ar_model_ckpt_dir resume_from_ckpt_path infer_expt_dir infer_output_dir \
-    infer_test_list_file infer_audio_prompt eval_input_dir eval_output_dir; do
-  case "${!path_opt}" in ""|/*) ;; *) printf -v "$path_opt" '%s' "$PWD/${!path_opt}" ;; esac
-done
+absolute_paths ar_model_ckpt_dir resume_from_ckpt_path infer_expt_dir infer_output_dir \
+  infer_test_list_file infer_audio_prompt eval_input_dir eval_output_dir
 for path_opt in eval_asr_model eval_sim_model; do  # an existing local folder, else a hub id
   case "${!path_opt}" in
     ""|/*) ;;
@@ -114,13 +107,6 @@ cd "$work_dir"
 use_gpus "$gpu"  # the only place --gpu is read: the stages use the visible devices
 start_time=$(date +%s)
 log "config: $config"
-
-opt_args() {  # opt_args FLAG VALUE...: "--flag value" for each non-empty value
-  while [ $# -gt 0 ]; do
-    [ -z "$2" ] || printf '%s\0%s\0' "$1" "$2"
-    shift 2
-  done
-}
 
 if stage_selected 1; then
   log "Stage 1: manifests, phonemes and codec tokens"

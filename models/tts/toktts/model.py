@@ -1,7 +1,8 @@
 """TokTTS: a character-level encoder-decoder transformer over 2-codebook EnCodec tokens.
 
-One file, top to bottom: the character table, the config, the audio token layout, the model
-(encoder, decoder with cross-attention, training loss). Decoding is in ``decode.py``.
+One file, top to bottom: the character table, the audio token layout, the model (encoder,
+decoder with cross-attention, training loss). Decoding is in ``decode.py``; the config
+(``TokTTSConfig``, re-exported here) is in ``utils/toktts_config.py`` because stage 1 reads it.
 
 - Encoder: one character = one token (no phonemizer, no normalisation), sine positions, a
   bidirectional ``modules.transformer.TransformerStack`` with the padding hidden.
@@ -28,10 +29,7 @@ cap does not (it did not end there; decoding stops at the cap).
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -40,137 +38,19 @@ import torch.nn.functional as F
 from modules.cross_attention import CrossAttentionDecoder, CrossKV
 from modules.embedding import SinePositionalEmbedding, TokenEmbedding
 from modules.transformer import KVCache, TransformerStack
-from utils.config_loader import build, check
-from utils.fileio import atomic_write_text
+from text.chars import CharTable, UnknownCharacterError
+from utils.toktts_config import TokTTSConfig
+
+__all__ = [
+    "CharTable",
+    "UnknownCharacterError",
+    "TokTTSConfig",
+    "TokTTS",
+    "TokTTSBatch",
+    "make_batch",
+]
 
 IGNORE = -100  # target id skipped by the loss (padding)
-
-
-# --------------------------------------------------------------------------------------------
-# Characters
-# --------------------------------------------------------------------------------------------
-
-
-class UnknownCharacterError(ValueError):
-    """A text holds characters the model was not trained on; the message lists them."""
-
-
-class CharTable:
-    """Characters <-> ids. Id 0 is padding; characters get 1..N in table order.
-
-    There is no <unk>: a character outside the table raises ``UnknownCharacterError`` naming it,
-    because silently dropping or replacing it would make the model say something else.
-    """
-
-    FORMAT = "codectts-chars-1"
-
-    def __init__(self, chars: list[str]):
-        bad = [c for c in chars if not isinstance(c, str) or len(c) != 1]
-        if bad:
-            raise ValueError(f"character table entries must be single characters, got {bad[:5]}")
-        if len(set(chars)) != len(chars):
-            raise ValueError("character table entries must be unique")
-        self.chars = list(chars)
-        self.ids = {c: i + 1 for i, c in enumerate(self.chars)}
-
-    @classmethod
-    def from_texts(cls, texts: list[str]) -> CharTable:
-        """Every character of the texts, sorted by code point (deterministic)."""
-        return cls(sorted({c for t in texts for c in t}))
-
-    def __len__(self) -> int:
-        """Embedding rows needed: the characters + padding."""
-        return len(self.chars) + 1
-
-    def encode(self, text: str) -> list[int]:
-        unknown = sorted({c for c in text if c not in self.ids})
-        if unknown:
-            raise UnknownCharacterError(
-                f"text {text!r} has characters not in the model's character table: "
-                f"{', '.join(repr(c) for c in unknown)}; remove or replace them"
-            )
-        if not text:
-            raise ValueError("empty text: nothing to say")
-        return [self.ids[c] for c in text]
-
-    def decode(self, ids: list[int]) -> str:
-        return "".join(self.chars[i - 1] for i in ids if i != 0)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        data = {"format": self.FORMAT, "pad_id": 0, "chars": self.chars}
-        return atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> CharTable:
-        try:
-            data = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise ValueError(f"{path}: cannot read the character table ({e})") from None
-        if not isinstance(data, dict) or data.get("format") != cls.FORMAT:
-            raise ValueError(f"{path}: not a character table (expected format {cls.FORMAT!r})")
-        try:
-            return cls(data.get("chars"))
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}: {e}") from None
-
-
-# --------------------------------------------------------------------------------------------
-# Config
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class TokTTSConfig:
-    vocab_size: int = 0  # character table size incl. padding (len(CharTable))
-    dim: int = 256  # transformer width (encoder and decoder)
-    nhead: int = 4  # attention heads
-    encoder_layers: int = 4  # character encoder layers
-    decoder_layers: int = 4  # audio decoder layers (self + cross-attention)
-    dropout: float = 0.1  # dropout (training only)
-    num_codebooks: int = 2  # EnCodec codebooks modelled (1.5 kbps = 2)
-    codebook_size: int = 1024  # codes per codebook
-    frame_rate: int = 75  # codec frames per second (EnCodec 24 kHz)
-    max_audio_seconds: float = 2.0  # audio modelled per utterance (the first seconds)
-
-    def validate(self) -> None:
-        check(self.vocab_size > 1, "vocab_size", "must be > 1 (characters + padding)")
-        check(self.dim > 0 and self.dim % 2 == 0, "dim", "must be a positive even number")
-        check(self.nhead > 0 and self.dim % self.nhead == 0, "nhead", "must divide dim")
-        check(self.encoder_layers > 0, "encoder_layers", "must be positive")
-        check(self.decoder_layers > 0, "decoder_layers", "must be positive")
-        check(0.0 <= self.dropout < 1.0, "dropout", "must be in [0, 1)")
-        check(self.num_codebooks > 0, "num_codebooks", "must be positive")
-        check(self.codebook_size > 0, "codebook_size", "must be positive")
-        check(self.frame_rate > 0, "frame_rate", "must be positive")
-        check(self.max_frames >= 1, "max_audio_seconds", "must give at least one frame")
-
-    @classmethod
-    def from_dict(cls, data: dict, source: str = "<dict>") -> TokTTSConfig:
-        """Typed and validated; an unknown key or a wrong type names the key and ``source``."""
-        return build(cls, data, source)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def max_frames(self) -> int:
-        return round(self.max_audio_seconds * self.frame_rate)
-
-    @property
-    def max_tokens(self) -> int:
-        return self.max_frames * self.num_codebooks
-
-    @property
-    def bos_id(self) -> int:
-        return self.num_codebooks * self.codebook_size
-
-    @property
-    def eos_id(self) -> int:
-        return self.bos_id + 1
-
-    @property
-    def audio_vocab_size(self) -> int:
-        return self.eos_id + 1
 
 
 # --------------------------------------------------------------------------------------------

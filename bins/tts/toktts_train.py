@@ -1,0 +1,30 @@
+"""TokTTS recipe stage 2 (`egs/tts/TokTTS/run.sh --stage 2`): train, resume or finetune.
+
+    python bins/tts/toktts_train.py --config C --exp_name NAME [--resume true|false]
+        [--resume_type resume|finetune] [--resume_from_ckpt_path DIR]
+
+One training process, on the first visible GPU or the CPU; run.sh starts one per visible GPU
+under `accelerate launch` (DDP) when several are visible (utils/launch.sh). The training engine
+is models/base/trainer.py; TokTTS's part of it models/tts/toktts/trainer.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+from models.base.train_data import DataError
+from models.base.train_state import TrainingError
+from models.tts.toktts.pipeline import ModelDirError
+from models.tts.toktts.trainer import main
+from utils.checkpoint import CheckpointError
+from utils.config_loader import ConfigError
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, datefmt="%Y-%m-%d %H:%M:%S",
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        sys.exit(main(sys.argv[1:]))
+    except (ConfigError, DataError, CheckpointError, TrainingError, ModelDirError) as e:
+        logging.getLogger("codectts.train").error("%s", e)
+        sys.exit(1)
