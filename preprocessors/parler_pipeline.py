@@ -23,12 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import multiprocessing as mp
-import os
 import statistics
 import time
-import zlib
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -54,14 +50,14 @@ from preprocessors.parler_tokens import (
     worker_init,
     worker_run,
 )
+from preprocessors.shards import DONE_FILE, finish_stage1, run_pool, stable_shards
 from text.g2p import g2p_version
-from utils.config_loader import resolve_path, save_config
+from utils.config_loader import resolve_path
 from utils.config_parler import ParlerConfig, corpus_kind
 from utils.fileio import atomic_path, atomic_write_text
 
 log = logging.getLogger("preprocess")
 STAGE1_FORMAT = "codectts-parler-stage1-1"
-DONE_FILE = "stage1.done.json"
 GENDER_WORDS = {"F": "A woman", "M": "A man"}  # LibriTTS speakers (SPEAKERS.txt) have no names
 
 
@@ -188,13 +184,9 @@ def select(corpus: Corpus, pcfg) -> tuple[dict[str, list], list[dict]]:
 
 def plan_shards(name: str, kept: dict, candidates: int, out: Path, codec_fp: str, pcfg) -> list:
     """Stable shards (crc32(id) mod S, S from the corpus size before filtering)."""
-    num = max(1, math.ceil(candidates / pcfg.shard_size))
-    members: dict[int, list] = {}
-    for cut in (c for cuts in kept.values() for c in cuts):
-        members.setdefault(zlib.crc32(cut.id.encode()) % num, []).append(cut)
+    cuts_of = (c for cuts in kept.values() for c in cuts)
     tasks = []
-    for index in sorted(members):
-        cuts = sorted(members[index], key=lambda c: c.id)
+    for index, cuts in stable_shards(cuts_of, candidates, pcfg.shard_size).items():
         measured = [pcfg.annotate == "all" or not c.custom.get("description") for c in cuts]
         identity = [(c.id, c.recording.sources[0].source, c.recording.num_samples, m)
                     for c, m in zip(cuts, measured, strict=True)]  # fmt: skip
@@ -219,13 +211,9 @@ def run_shards(tasks: list, codec: DacCodec, out: Path, devices: list[str], work
         for task in todo:
             run_shard(task, codec)
     else:
-        ctx = mp.get_context("spawn")
-        counter = ctx.Value("i", 0)
-        threads = max(1, (os.cpu_count() or 1) // processes)
-        init = (str(out / "codec"), devices, threads, counter)
-        with ctx.Pool(processes, worker_init, init) as pool:
-            for _ in pool.imap_unordered(worker_run, todo):
-                pass
+        init = (str(out / "codec"), devices)
+        for _ in run_pool(worker_init, init, worker_run, todo, processes):
+            pass
     log.info("DAC tokens: %.1f s of audio in %.1f s", seconds, time.time() - start)
 
 
@@ -387,11 +375,9 @@ def run_parler_stage1(
     for name, s in summaries.items():
         if not any(v["utterances"] for v in s["splits"].values()):
             raise ParlerStageError(f"{name}: nothing usable left (see {out / name}/rejected.jsonl)")
-    save_config(cfg, out / "config.json")
     source = {"pretrained": cfg.model.pretrained, "folder": str(folder)}
     atomic_write_text(out / "model_source.json", json.dumps(source, indent=2) + "\n")
     print_summary(summaries)
     record = {"format": STAGE1_FORMAT, "fingerprint": fp, "summaries": summaries}
-    atomic_write_text(out / DONE_FILE, json.dumps(record, indent=2) + "\n")
-    log.info("Stage 1 finished in %.1f s -> %s", time.time() - start, out)
+    finish_stage1(cfg, out, record, start, log)
     return summaries

@@ -18,23 +18,21 @@ measured) and the measurement version, so any change gives a new name and the sh
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from lhotse import CutSet, NumpyHdf5Writer
 from lhotse.utils import fastcopy
 
 from models.codec.dac import DacCodec
 from preprocessors.annotate import SAMPLE_RATE as ANALYSIS_RATE
 from preprocessors.annotate import AnnotationError, measure
+from preprocessors.shards import audio_reason, claim_device, write_shard_files
 from text.g2p import phonemize
 from utils.audio import AudioError, load_audio, resample
-from utils.fileio import atomic_path, atomic_write_text
 
 TOKEN_DIR = "dac_tokens"
 MEASURE_FORMAT = "codectts-parler-measures-1"  # bump when `measure` changes its numbers
@@ -57,14 +55,6 @@ class ParlerShard:
     @property
     def seconds(self) -> float:
         return sum(c["duration"] for c in self.cuts)
-
-
-def audio_reason(err: AudioError) -> str:
-    if "zero-length" in err.reason:
-        return "zero_length_audio"
-    if "NaN" in err.reason:
-        return "non_finite_audio"
-    return "unreadable_audio"
 
 
 def count_phones(text: str, language: str) -> int:
@@ -125,15 +115,9 @@ def run_shard(task: ParlerShard, codec: DacCodec, progress=None) -> dict:
         arr = fastcopy(arr, array=fastcopy(arr.array, storage_path=str(h5_final)))
         cut = cut.with_custom("codes", arr)
         out_cuts.append(cut.with_custom("annotation", measures) if measures else cut)
-    with atomic_path(out_dir / f"{task.name}.jsonl.gz") as tmp:
-        CutSet.from_cuts(out_cuts).to_file(tmp)
-    atomic_write_text(
-        out_dir / f"{task.name}.rejected.jsonl",
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected),
-    )
     record = {"dataset": task.dataset, "name": task.name, "encoded": len(out_cuts),
               "rejected": len(rejected)}  # fmt: skip
-    atomic_write_text(task.done_path, json.dumps(record) + "\n")
+    write_shard_files(out_dir, task.name, out_cuts, rejected, record)
     return record
 
 
@@ -144,14 +128,7 @@ _worker_codec: DacCodec | None = None
 def worker_init(codec_dir: str, devices: list[str], threads: int, counter) -> None:
     """Pool initializer: a device round-robin, the saved codec loaded once per process."""
     global _worker_codec
-    torch.set_num_threads(max(1, threads))
-    with counter.get_lock():
-        slot = counter.value
-        counter.value += 1
-    device = devices[slot % len(devices)]
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    _worker_codec = DacCodec.load(codec_dir).to(device)
+    _worker_codec = DacCodec.load(codec_dir).to(claim_device(devices, threads, counter))
 
 
 def worker_run(task: ParlerShard) -> dict:

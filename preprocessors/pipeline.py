@@ -35,11 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
-import multiprocessing as mp
-import os
 import time
-import zlib
 from pathlib import Path
 
 from lhotse import CutSet
@@ -59,11 +55,12 @@ from preprocessors.merge import (
     merge_dataset,
     write_symbols,
 )
+from preprocessors.shards import DONE_FILE, finish_stage1, run_pool, stable_shards
 from preprocessors.tokenize import ShardTask, run_shard, worker_init, worker_run
 from text.g2p import g2p_version, has_speech_phones, phonemize
 from text.symbol_table import TextTokenizer
 from utils.audio import load_audio
-from utils.config import Config, PreprocessConfig, resolve_path, save_config
+from utils.config import Config, PreprocessConfig, resolve_path
 from utils.fileio import atomic_write_text
 
 log = logging.getLogger("preprocess")
@@ -72,7 +69,6 @@ log = logging.getLogger("preprocess")
 SHARD_FORMAT = "codectts-stage1-1"
 # 2: a cut's duration spans its codes (codec_span); 3: one manifest per shard + index
 MANIFEST_FORMAT = "codectts-stage1-3"
-DONE_FILE = "stage1.done.json"
 
 
 def _sha(obj) -> str:
@@ -211,13 +207,9 @@ def plan_shards(
 ) -> list[ShardTask]:
     """Stable shards: crc32(id) mod S, S from the corpus size before filtering, so a filter
     change only touches the shards whose membership changes."""
-    num = max(1, math.ceil(num_candidates / pcfg.shard_size))
-    members: dict[int, list] = {}
-    for cut in (c for split in kept.values() for c in split):
-        members.setdefault(zlib.crc32(cut.id.encode()) % num, []).append(cut)
+    cuts_of = (c for split in kept.values() for c in split)
     tasks = []
-    for index in sorted(members):
-        cuts = sorted(members[index], key=lambda c: c.id)
+    for index, cuts in stable_shards(cuts_of, num_candidates, pcfg.shard_size).items():
         dicts = []
         for c in cuts:
             d = c.to_dict()
@@ -266,12 +258,8 @@ def run_shards(tasks: list[ShardTask], codec, out: Path, devices: list[str], wor
         for task in todo:
             run_shard(task, codec, progress=advance)
     else:
-        ctx = mp.get_context("spawn")
-        counter = ctx.Value("i", 0)
-        threads = max(1, (os.cpu_count() or 1) // processes)
-        with ctx.Pool(processes, worker_init, (str(out), devices, threads, counter)) as pool:
-            for record in pool.imap_unordered(worker_run, todo):
-                advance(record["seconds"])
+        for record in run_pool(worker_init, (str(out), devices), worker_run, todo, processes):
+            advance(record["seconds"])
     bar.close()
 
 
@@ -426,9 +414,7 @@ def run_stage1(
             raise StageError(f"{name}: nothing usable left (see {out / name / 'rejected.jsonl'})")
     kept_all = [c for name in roots for split in kept[name].values() for c in split]
     write_symbols(out, kept_all, pcfg, log)
-    save_config(cfg, out / "config.json")
     print_summary(summaries)
     record = {"fingerprint": fingerprint, "summaries": summaries, "settings": settings}
-    atomic_write_text(done_path, json.dumps(record, indent=2) + "\n")
-    log.info("Stage 1 finished in %.1f s -> %s", time.time() - start, out)
+    finish_stage1(cfg, out, record, start, log)
     return summaries

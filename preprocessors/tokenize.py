@@ -16,20 +16,18 @@ membership gives a new name and the shard is redone.
 
 from __future__ import annotations
 
-import json
 import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 from lhotse import CutSet, NumpyHdf5Writer
 from lhotse.utils import fastcopy
 
 from models.codec.encodec import HOP, SAMPLE_RATE, CodecTokenizer
+from preprocessors.shards import audio_reason, claim_device, write_shard_files
 from utils.audio import AudioError, load_audio
-from utils.fileio import atomic_path, atomic_write_text
 
 FRAME_SHIFT = HOP / SAMPLE_RATE
 
@@ -68,14 +66,6 @@ def make_batches(durations: list[float], batch_seconds: float) -> list[list[int]
     return batches
 
 
-def _audio_reason(err: AudioError) -> str:
-    if "zero-length" in err.reason:
-        return "zero_length_audio"
-    if "NaN" in err.reason:
-        return "non_finite_audio"
-    return "unreadable_audio"
-
-
 def run_shard(task: ShardTask, codec: CodecTokenizer, progress=None) -> dict:
     """Encode one shard (see module doc); returns its .done record."""
     out_dir = Path(task.out_dir)
@@ -98,7 +88,7 @@ def run_shard(task: ShardTask, codec: CodecTokenizer, progress=None) -> dict:
                     wav = load_audio(path, SAMPLE_RATE)
                 except AudioError as e:
                     rejected.append(
-                        {"id": cut.id, "path": path, "reason": _audio_reason(e), "detail": e.reason}
+                        {"id": cut.id, "path": path, "reason": audio_reason(e), "detail": e.reason}
                     )
                     continue
                 wavs.append(wav)
@@ -121,12 +111,6 @@ def run_shard(task: ShardTask, codec: CodecTokenizer, progress=None) -> dict:
             arr = encoded[cut.id]
             arr = fastcopy(arr, array=fastcopy(arr.array, storage_path=str(h5_final)))
             out_cuts.append(cut.with_custom("codes", arr))
-    with atomic_path(out_dir / f"{task.name}.jsonl.gz") as tmp:
-        CutSet.from_cuts(out_cuts).to_file(tmp)
-    atomic_write_text(
-        out_dir / f"{task.name}.rejected.jsonl",
-        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected),
-    )
     record = {
         "dataset": task.dataset,
         "name": task.name,
@@ -134,7 +118,7 @@ def run_shard(task: ShardTask, codec: CodecTokenizer, progress=None) -> dict:
         "rejected": len(rejected),
         "seconds": sum(c.duration for c in out_cuts),
     }
-    atomic_write_text(task.done_path, json.dumps(record) + "\n")
+    write_shard_files(out_dir, task.name, out_cuts, rejected, record)
     return record
 
 
@@ -145,13 +129,7 @@ _worker_codec: CodecTokenizer | None = None
 def worker_init(processed_dir: str, devices: list[str], threads: int, counter) -> None:
     """Pool initializer: pick a device round-robin, load the saved codec once."""
     global _worker_codec
-    torch.set_num_threads(max(1, threads))
-    with counter.get_lock():
-        slot = counter.value
-        counter.value += 1
-    device = devices[slot % len(devices)]
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
+    device = claim_device(devices, threads, counter)
     import warnings
 
     with warnings.catch_warnings():

@@ -35,9 +35,9 @@ import math
 import random
 import time
 import uuid
-import zlib
 from collections import Counter
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 import numpy as np
@@ -49,17 +49,16 @@ from lhotse.utils import fastcopy
 from models.codec.encodec import HOP, SAMPLE_RATE, CodecTokenizer
 from preprocessors.corpora import read_corpus, reject
 from preprocessors.pipeline import codec_settings, corpus_roots, corpus_signature, prepare_codec
+from preprocessors.shards import DONE_FILE, finish_stage1, stable_shards, write_shard_files
 from text.chars import CharTable
 from text.normalize import normalize_text
 from utils.audio import AudioError, load_audio, resample
-from utils.config import save_config
 from utils.config_loader import resolve_path
 from utils.fileio import atomic_path, atomic_write_text
 from utils.toktts_config import TokTTSRecipeConfig
 
 log = logging.getLogger("preprocess")
 FORMAT = "codectts-toktts-stage1-1"  # bump when the codes of the same settings change
-DONE_FILE = "stage1.done.json"
 CHARS_FILE = "chars.json"
 TOKEN_DIR = "acoustic_tokens"
 ENCODE_BATCH = 32  # clips per codec call (all at most max_audio_seconds long)
@@ -133,13 +132,9 @@ def plan_shards(dataset: str, kept: dict[str, list], pcfg, settings: dict, out: 
         for cut in cuts
         for c in make_copies(cut, pcfg.augmentation_factor if split == "train" else 1, pcfg)
     ]
-    num = max(1, math.ceil(len(items) / pcfg.shard_size))
-    members: dict[int, list[Copy]] = {}
-    for item in items:
-        members.setdefault(zlib.crc32(item.cut.id.encode()) % num, []).append(item)
     shards = []
-    for index in sorted(members):
-        group = sorted(members[index], key=lambda c: c.id)
+    members = stable_shards(items, len(items), pcfg.shard_size, key=attrgetter("cut.id"))
+    for index, group in members.items():
         identity = [(c.id, c.cut.recording.sources[0].source, c.speed, c.gain_db) for c in group]
         fp = _sha([FORMAT, settings, identity])[:12]
         shards.append(Shard(dataset, f"shard-{index:05d}-{fp}", out / dataset / TOKEN_DIR, group))
@@ -197,11 +192,7 @@ def encode_shard(shard: Shard, codec: CodecTokenizer, max_frames: int, fade: flo
         cut.codes = fastcopy(
             cut.codes, array=fastcopy(cut.codes.array, storage_path=str(shard.path(".h5")))
         )
-    with atomic_path(shard.path(".jsonl.gz")) as tmp:
-        CutSet.from_cuts(out_cuts).to_file(tmp)
-    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rejected)
-    atomic_write_text(shard.path(".rejected.jsonl"), lines)
-    atomic_write_text(shard.path(".done"), json.dumps({"encoded": len(out_cuts)}) + "\n")
+    write_shard_files(shard.out_dir, shard.name, out_cuts, rejected, {"encoded": len(out_cuts)})
 
 
 def filter_texts(splits: dict[str, CutSet], pcfg) -> tuple[dict[str, list], list[dict]]:
@@ -337,9 +328,7 @@ def run_stage1(cfg: TokTTSRecipeConfig, device: str = "cpu") -> dict:
             encode_shard(shard, codec, cfg.model.max_frames, pcfg.fade_out_seconds)
         summaries[name] = merge(name, shards, rejected[name], kept[name], out)
     write_chars(out, kept, cfg.model.vocab_size)
-    save_config(cfg, out / "config.json")
     log_summary(summaries)
     record = {"format": FORMAT, "fingerprint": fingerprint, "summaries": summaries}
-    atomic_write_text(done_path, json.dumps(record, indent=2) + "\n")
-    log.info("Stage 1 finished in %.1f s -> %s", time.time() - start, out)
+    finish_stage1(cfg, out, record, start, log)
     return summaries
