@@ -32,10 +32,10 @@ from utils.config_loader import (
     ConfigError,
     build,
     check,
+    check_corpora,
     config_to_dict,
     found_name,
     load_raw_config,
-    merge_tree,
     read_json5,
     resolve_path,
     save_config,
@@ -341,14 +341,12 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def validate(self) -> None:
-        check(len(self.dataset) > 0, "dataset", "name at least one corpus")
         known = ("libritts", "ljspeech", "custom")
-        for name in self.dataset:
-            check(
-                name in known or name.startswith("custom"),
-                "dataset",
-                f"unknown corpus {name!r}; use one of {known} (or 'custom_<name>')",
-            )
+        check_corpora(
+            self.dataset,
+            lambda name: name in known or name.startswith("custom"),
+            f"use one of {known} (or 'custom_<name>')",
+        )
 
 
 SECTIONS = {
@@ -415,9 +413,7 @@ def _amphion_keys(obj: Any, tree: dict, prefix: tuple, origin: dict, default_fil
 
 def load_config(path: str | os.PathLike, overrides: dict | None = None) -> Config:
     """Load, merge and validate a json5 config (and optional nested overrides, e.g. from CLI)."""
-    tree, origin, chain = load_raw_config(path)
-    if overrides:
-        merge_tree(tree, overrides, origin, Path("<command line>"))
+    tree, origin, chain = load_raw_config(path, overrides)
     return build(Config, tree, chain[0], origin, key_rules=_amphion_keys)
 
 

@@ -23,6 +23,7 @@ import logging
 import os
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,14 @@ def check(ok: bool, key: str, message: str) -> None:
     `message` (the error names the key with its section and the file that set it)."""
     if not ok:
         raise RuleError(key, message)
+
+
+def check_corpora(names: list[str], known: Callable[[str], bool], use: str) -> None:
+    """Every recipe's rule of its top-level `dataset` key: at least one corpus, each `known`
+    (else the error says `use`: which names are)."""
+    check(len(names) > 0, "dataset", "name at least one corpus")
+    for name in names:
+        check(known(name), "dataset", f"unknown corpus {name!r}: {use}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,8 +116,13 @@ def _leaf_paths(tree: dict, prefix: tuple) -> list[tuple]:
     return out
 
 
-def load_raw_config(path: str | os.PathLike) -> tuple[dict, dict, list[Path]]:
-    """Merged (not yet validated) tree, the key -> file origin map, and the files read."""
+def load_raw_config(
+    path: str | os.PathLike, overrides: dict | None = None
+) -> tuple[dict, dict, list[Path]]:
+    """Merged (not yet validated) tree, the key -> file origin map, and the files read.
+
+    `overrides` (nested keys, e.g. from the command line) are merged last, their origin
+    `<command line>`."""
     chain: list[Path] = []
     current = Path(path).resolve()
     if not current.is_file():
@@ -130,6 +144,8 @@ def load_raw_config(path: str | os.PathLike) -> tuple[dict, dict, list[Path]]:
         data = read_json5(file)
         data.pop("base_config", None)
         merge_tree(merged, data, origin, file)
+    if overrides:
+        merge_tree(merged, overrides, origin, Path("<command line>"))
     return merged, origin, chain
 
 

@@ -16,10 +16,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from utils.config import EngineTrainConfig, ScoringConfig
-from utils.config_loader import build, check, load_raw_config, merge_tree
+from utils.config_loader import build, check, check_corpora, load_raw_config
 
 CORPORA = ("libritts", "libritts_r", "expresso", "custom")  # custom_<name> / expresso_<name> too
 ANNOTATE_MODES = ("missing", "all", "none")
@@ -127,13 +126,12 @@ class ParlerConfig:
     evaluation: ParlerEvaluationConfig = field(default_factory=ParlerEvaluationConfig)
 
     def validate(self) -> None:
-        check(len(self.dataset) > 0, "dataset", "name at least one corpus")
+        check_corpora(
+            self.dataset,
+            lambda name: corpus_kind(name) is not None,
+            f"use one of {CORPORA} (or custom_X, expresso_X)",
+        )
         for name in self.dataset:
-            check(
-                corpus_kind(name) is not None,
-                "dataset",
-                f"unknown corpus {name!r}: use one of {CORPORA} (or custom_X, expresso_X)",
-            )
             check(
                 name in self.dataset_path,
                 "dataset_path",
@@ -153,9 +151,7 @@ def corpus_kind(name: str) -> str | None:
 
 def load_parler_config(path: str | os.PathLike, overrides: dict | None = None) -> ParlerConfig:
     """Load, merge (base_config chain, then `overrides`) and validate a Parler-TTS config."""
-    tree, origin, chain = load_raw_config(path)
-    if overrides:
-        merge_tree(tree, overrides, origin, Path("<command line>"))
+    tree, origin, chain = load_raw_config(path, overrides)
     return build(ParlerConfig, tree, chain[0], origin)
 
 

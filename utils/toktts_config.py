@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from utils.config import EvaluationConfig, InferenceConfig, TrainConfig, check_codec_and_splits
-from utils.config_loader import ConfigError, build, check, load_raw_config, merge_tree
+from utils.config_loader import ConfigError, build, check, check_corpora, load_raw_config
 
 
 @dataclass
@@ -140,13 +140,11 @@ class TokTTSRecipeConfig:
 
     def validate(self) -> None:
         check(self.model_type == "TokTTS", "model_type", "must be 'TokTTS' (this recipe's model)")
-        check(len(self.dataset) > 0, "dataset", "name at least one corpus")
-        for name in self.dataset:
-            check(
-                name == "ljspeech" or name.startswith("custom"),
-                "dataset",
-                f"unknown corpus {name!r}: use 'ljspeech' or 'custom' / 'custom_<name>'",
-            )
+        check_corpora(
+            self.dataset,
+            lambda name: name == "ljspeech" or name.startswith("custom"),
+            "use 'ljspeech' or 'custom' / 'custom_<name>'",
+        )
 
 
 # VALL-E keys of the shared sections that mean nothing for TokTTS: refused when a file sets one.
@@ -180,13 +178,12 @@ def load_toktts_config(
     """Load, merge and validate a TokTTS recipe config (+ nested overrides, e.g. from the CLI).
 
     The engine's `--train_stage` override is accepted when it asks for 0 (the only stage)."""
-    tree, origin, chain = load_raw_config(path)
     if overrides:
         overrides = {k: dict(v) for k, v in overrides.items()}
         stage = overrides.get("train", {}).pop("train_stage", 0)
         if stage != 0:
             raise ConfigError(f"--train_stage {stage}: {VALLE_ONLY['train.train_stage']}")
-        merge_tree(tree, overrides, origin, Path("<command line>"))
+    tree, origin, chain = load_raw_config(path, overrides)
     _refuse_valle_only(tree, origin, chain[0])
     tree.setdefault("train", {})["train_stage"] = 0
     cfg = build(TokTTSRecipeConfig, tree, chain[0], origin)
