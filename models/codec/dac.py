@@ -273,20 +273,46 @@ _RES = ("snake1", "conv1", "snake2", "conv2")  # layers of a residual unit, in d
 _WEIGHT_NORM = {"weight_g": "g", "weight_v": "v", "parametrizations.weight.original0": "g",
                 "parametrizations.weight.original1": "v"}  # fmt: skip
 _I = r"(\d+)"
-# (descript module regex, DacModel module from the groups); `last` = final snake or conv
+# How descript lays out each side of the codec: its container, (descript residual-unit index)
+# - (ours), the index of a block's snake, our name and descript's index of a block's strided conv.
+_LAYOUT = {
+    "encoder": ("encoder.block", -1, 3, "conv1", 4),
+    "decoder": ("decoder.model", +1, 0, "conv_t1", 1),
+}
+
+
+def _ours_rules(side: str) -> list:
+    """(descript module regex, DacModel module from the groups) of one side; `last` = the side's
+    final snake or conv."""
+    outer, unit_offset, snake_at, conv, conv_at = _LAYOUT[side]
+    o = re.escape(outer)
+    return [
+        (rf"{o}\.0", lambda last: f"{side}.conv1"),
+        (rf"{o}\.{_I}\.block\.{_I}\.block\.([0-3])",
+         lambda last, i, j, k: f"{side}.block.{i - 1}.res_unit{j - unit_offset}.{_RES[k]}"),
+        (rf"{o}\.{_I}\.block\.{snake_at}", lambda last, i: f"{side}.block.{i - 1}.snake1"),
+        (rf"{o}\.{_I}\.block\.{conv_at}", lambda last, i: f"{side}.block.{i - 1}.{conv}"),
+        (rf"{o}\.{_I}", lambda last, i: f"{side}.{last}"),
+    ]  # fmt: skip
+
+
+def _package_rules(side: str, n_blocks: int) -> list:
+    """The inverse of `_ours_rules(side)`: (DacModel module regex, descript module)."""
+    outer, unit_offset, snake_at, conv, conv_at = _LAYOUT[side]
+    return [
+        (rf"{side}\.conv1", lambda: f"{outer}.0"),
+        (rf"{side}\.block\.{_I}\.res_unit{_I}\.(\w+)",
+         lambda i, j, layer: f"{outer}.{i + 1}.block.{j + unit_offset}.block.{_RES.index(layer)}"),
+        (rf"{side}\.block\.{_I}\.snake1", lambda i: f"{outer}.{i + 1}.block.{snake_at}"),
+        (rf"{side}\.block\.{_I}\.{conv}", lambda i: f"{outer}.{i + 1}.block.{conv_at}"),
+        (rf"{side}\.snake1", lambda: f"{outer}.{n_blocks + 1}"),
+        (rf"{side}\.conv2", lambda: f"{outer}.{n_blocks + 2}"),
+    ]  # fmt: skip
+
+
 _TO_OURS = [
-    (r"encoder\.block\.0", lambda last: "encoder.conv1"),
-    (rf"encoder\.block\.{_I}\.block\.{_I}\.block\.([0-3])",
-     lambda last, i, j, k: f"encoder.block.{i - 1}.res_unit{j + 1}.{_RES[k]}"),
-    (rf"encoder\.block\.{_I}\.block\.3", lambda last, i: f"encoder.block.{i - 1}.snake1"),
-    (rf"encoder\.block\.{_I}\.block\.4", lambda last, i: f"encoder.block.{i - 1}.conv1"),
-    (rf"encoder\.block\.{_I}", lambda last, i: f"encoder.{last}"),
-    (r"decoder\.model\.0", lambda last: "decoder.conv1"),
-    (rf"decoder\.model\.{_I}\.block\.{_I}\.block\.([0-3])",
-     lambda last, i, j, k: f"decoder.block.{i - 1}.res_unit{j - 1}.{_RES[k]}"),
-    (rf"decoder\.model\.{_I}\.block\.0", lambda last, i: f"decoder.block.{i - 1}.snake1"),
-    (rf"decoder\.model\.{_I}\.block\.1", lambda last, i: f"decoder.block.{i - 1}.conv_t1"),
-    (rf"decoder\.model\.{_I}", lambda last, i: f"decoder.{last}"),
+    *_ours_rules("encoder"),
+    *_ours_rules("decoder"),
     (rf"quantizer\.quantizers\.{_I}\.(in_proj|out_proj|codebook)",
      lambda last, i, name: f"quantizer.quantizers.{i}.{name}"),
 ]  # fmt: skip
@@ -338,24 +364,11 @@ def dac_state_from_package(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 def package_state_from_dac(model) -> dict[str, torch.Tensor]:
     """The inverse (DacModel -> descript names, weight_g / weight_v, no prefix): how a DAC sits
     inside a Parler-TTS checkpoint (the tiny random model folder is written this way)."""
-    n_enc, n_dec = len(model.encoder.block), len(model.decoder.block)
     to_package = [
-        (r"encoder\.conv1", lambda: "encoder.block.0"),
-        (rf"encoder\.block\.{_I}\.res_unit{_I}\.(\w+)",
-         lambda i, j, layer: f"encoder.block.{i + 1}.block.{j - 1}.block.{_RES.index(layer)}"),
-        (rf"encoder\.block\.{_I}\.snake1", lambda i: f"encoder.block.{i + 1}.block.3"),
-        (rf"encoder\.block\.{_I}\.conv1", lambda i: f"encoder.block.{i + 1}.block.4"),
-        (r"encoder\.snake1", lambda: f"encoder.block.{n_enc + 1}"),
-        (r"encoder\.conv2", lambda: f"encoder.block.{n_enc + 2}"),
-        (r"decoder\.conv1", lambda: "decoder.model.0"),
-        (rf"decoder\.block\.{_I}\.res_unit{_I}\.(\w+)",
-         lambda i, j, layer: f"decoder.model.{i + 1}.block.{j + 1}.block.{_RES.index(layer)}"),
-        (rf"decoder\.block\.{_I}\.snake1", lambda i: f"decoder.model.{i + 1}.block.0"),
-        (rf"decoder\.block\.{_I}\.conv_t1", lambda i: f"decoder.model.{i + 1}.block.1"),
-        (r"decoder\.snake1", lambda: f"decoder.model.{n_dec + 1}"),
-        (r"decoder\.conv2", lambda: f"decoder.model.{n_dec + 2}"),
+        *_package_rules("encoder", len(model.encoder.block)),
+        *_package_rules("decoder", len(model.decoder.block)),
         (r"(quantizer\.quantizers\.\d+\.\w+)", lambda same: same),
-    ]  # fmt: skip
+    ]
     out = {}
     for key, value in model.state_dict().items():
         module, param = key.rsplit(".", 1)
