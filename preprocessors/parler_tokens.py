@@ -30,7 +30,7 @@ from lhotse.utils import fastcopy
 from models.codec.dac import DacCodec
 from preprocessors.annotate import SAMPLE_RATE as ANALYSIS_RATE
 from preprocessors.annotate import AnnotationError, measure
-from preprocessors.shards import audio_reason, claim_device, write_shard_files
+from preprocessors.shards import CodecShard, audio_reason, claim_device, write_shard_files
 from text.g2p import phonemize
 from utils.audio import AudioError, load_audio, resample
 
@@ -39,22 +39,9 @@ MEASURE_FORMAT = "codectts-parler-measures-1"  # bump when `measure` changes its
 
 
 @dataclass
-class ParlerShard:
-    dataset: str
-    index: int
-    name: str  # "shard-00003-<fingerprint>"
-    out_dir: str
-    cuts: list[dict]  # lhotse cut dicts
+class ParlerShard(CodecShard):
     measured: list[bool]  # per cut: compute the annotation measures
     phone_language: str
-
-    @property
-    def done_path(self) -> Path:
-        return Path(self.out_dir) / f"{self.name}.done"
-
-    @property
-    def seconds(self) -> float:
-        return sum(c["duration"] for c in self.cuts)
 
 
 def count_phones(text: str, language: str) -> int:

@@ -6,8 +6,8 @@ they share:
 
 * `stable_shards`: membership by crc32(cut id) mod S, so a filter change only touches the shards
   whose members change;
-* `audio_reason`, `write_shard_files`: a shard's rejection reasons and its files after the h5
-  (cuts, rejections, then the `.done` marker, last);
+* `CodecShard`, `audio_reason`, `write_shard_files`: a shard of work, its rejection reasons and
+  its files after the h5 (cuts, rejections, then the `.done` marker, last);
 * `claim_device`, `run_pool`: the worker processes (one codec per process, devices round-robin);
 * `finish_stage1`: the resolved config, then the stage's done record (written last).
 """
@@ -22,6 +22,7 @@ import os
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from operator import attrgetter
 from pathlib import Path
 
@@ -33,6 +34,26 @@ from utils.config_loader import save_config
 from utils.fileio import atomic_path, atomic_write_text
 
 DONE_FILE = "stage1.done.json"
+
+
+@dataclass
+class CodecShard:
+    """One shard of a stage 1's codec pass (a worker process's unit of work and of resume); a
+    recipe's own task adds what its encoder needs."""
+
+    dataset: str
+    index: int
+    name: str  # "shard-00003-<fingerprint>"
+    out_dir: str
+    cuts: list[dict]  # lhotse cut dicts
+
+    @property
+    def done_path(self) -> Path:
+        return Path(self.out_dir) / f"{self.name}.done"
+
+    @property
+    def seconds(self) -> float:
+        return sum(c["duration"] for c in self.cuts)
 
 
 def stable_shards(

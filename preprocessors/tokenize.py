@@ -26,28 +26,17 @@ from lhotse import CutSet, NumpyHdf5Writer
 from lhotse.utils import fastcopy
 
 from models.codec.encodec import HOP, SAMPLE_RATE, CodecTokenizer
-from preprocessors.shards import audio_reason, claim_device, write_shard_files
+from preprocessors.shards import CodecShard, audio_reason, claim_device, write_shard_files
 from utils.audio import AudioError, load_audio
 
 FRAME_SHIFT = HOP / SAMPLE_RATE
 
 
 @dataclass
-class ShardTask:
-    dataset: str
-    index: int
-    name: str  # "shard-00003-<fingerprint>"
-    out_dir: str
-    cuts: list[dict]  # lhotse cut dicts (without phones)
+class ShardTask(CodecShard):
+    """A shard's cuts (without phones) and the padded seconds per EnCodec batch."""
+
     batch_seconds: float
-
-    @property
-    def done_path(self) -> Path:
-        return Path(self.out_dir) / f"{self.name}.done"
-
-    @property
-    def seconds(self) -> float:
-        return sum(c["duration"] for c in self.cuts)
 
 
 def make_batches(durations: list[float], batch_seconds: float) -> list[list[int]]:
