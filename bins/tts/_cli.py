@@ -1,11 +1,17 @@
-"""What the stage entry points share: boolean options and main's logging + error reporting."""
+"""What the stage entry points share: boolean options, main's logging + error reporting, stage 1's
+options, devices and Ctrl-C, stage 3's options."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from collections.abc import Callable
 from pathlib import Path
+
+import torch
+
+from utils.config_loader import ConfigError
 
 
 def str2bool(value: str) -> bool:
@@ -33,6 +39,52 @@ def run_reporting(
     except expected as e:
         log.error("%s", e)
         return 1
+
+
+def add_stage1_options(p: argparse.ArgumentParser, workers: str) -> None:
+    """--config and --num_workers (`workers`: what the worker processes run) of a stage 1."""
+    p.add_argument("--config", required=True, help="json5 recipe config")
+    p.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help=f"{workers} worker processes per device (default: preprocess.num_workers)",
+    )
+
+
+def stage1_workers(option: int | None, configured: int) -> int:
+    """Worker processes per device: --num_workers, else the config's preprocess.num_workers."""
+    workers = option if option is not None else configured
+    if workers < 1:
+        raise ConfigError(f"--num_workers must be >= 1 (got {workers})")
+    return workers
+
+
+def choose_devices() -> list[str]:
+    """Every visible GPU (CUDA_VISIBLE_DEVICES renumbers them from 0), else the CPU."""
+    if not torch.cuda.is_available():
+        return ["cpu"]
+    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+
+def run_stage1_printing(prog: str, run: Callable[[], None], expected: tuple) -> int:
+    """A stage 1's main (VALL-E, TokTTS): INFO logging (an in-process caller's set-up kept), then
+    run(); an `expected` error is one `PROG: ERROR: ...` line on stderr and exit status 1, Ctrl-C
+    one line and 130 (finished shards are kept), not a traceback."""
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
+        datefmt="%Y-%m-%d %H:%M:%S",
+    )
+    try:
+        run()
+    except expected as e:
+        print(f"{prog}: ERROR: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; re-run to resume (finished shards are kept)", file=sys.stderr)
+        return 130
+    return 0
 
 
 def parse_stage3(p: argparse.ArgumentParser, argv: list[str] | None, overrides: dict):

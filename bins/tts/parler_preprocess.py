@@ -15,8 +15,7 @@ import logging
 import sys
 from pathlib import Path
 
-from bins.tts._cli import run_reporting
-from bins.tts.preprocess import choose_devices
+from bins.tts._cli import add_stage1_options, choose_devices, run_reporting, stage1_workers
 from models.codec.dac import CodecError
 from models.tts.parler.pretrained import ParlerLoadError, load_tokenizer, resolve_folder
 from preprocessors.annotate import AnnotationError
@@ -31,13 +30,7 @@ log = logging.getLogger("parler_preprocess")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="json5 recipe config")
-    parser.add_argument(
-        "--num_workers",
-        type=int,
-        default=None,
-        help="DAC worker processes per device (default: preprocess.num_workers)",
-    )
+    add_stage1_options(parser, "DAC")
     return parser.parse_args(argv)
 
 
@@ -49,9 +42,7 @@ def model_folder(pretrained: str) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_parler_config(args.config)
-    workers = args.num_workers if args.num_workers is not None else cfg.preprocess.num_workers
-    if workers < 1:
-        raise ConfigError(f"--num_workers must be >= 1 (got {workers})")
+    workers = stage1_workers(args.num_workers, cfg.preprocess.num_workers)
     corpus_roots(cfg)  # wrong corpus paths fail before the model is fetched
     folder = model_folder(cfg.model.pretrained)
     try:

@@ -13,11 +13,9 @@ without --job_index is the merge (encodes nothing, fails naming missing shards a
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
-import torch
-
+from bins.tts._cli import add_stage1_options, choose_devices, run_stage1_printing, stage1_workers
 from models.codec.encodec import CodecError
 from preprocessors.corpora import CorpusError
 from preprocessors.pipeline import StageError, run_stage1
@@ -27,13 +25,7 @@ from utils.config import ConfigError, load_config
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", required=True, help="json5 recipe config")
-    parser.add_argument(
-        "--num_workers",
-        type=int,
-        default=None,
-        help="worker processes per device (default: preprocess.num_workers)",
-    )
+    add_stage1_options(parser, "codec")
     parser.add_argument(
         "--nj", type=int, default=1, help="jobs stage 1 is split into (default 1: everything)"
     )
@@ -46,38 +38,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def choose_devices() -> list[str]:
-    """Every visible GPU (CUDA_VISIBLE_DEVICES renumbers them from 0), else the CPU."""
-    if not torch.cuda.is_available():
-        return ["cpu"]
-    return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s [%(name)s] %(message)s",
-        datefmt="%Y-%m-%d %H:%M:%S",
-    )
-    try:
+
+    def run() -> None:
         cfg = load_config(args.config)
-        workers = args.num_workers if args.num_workers is not None else cfg.preprocess.num_workers
-        if workers < 1:
-            raise ConfigError(f"--num_workers must be >= 1 (got {workers})")
+        workers = stage1_workers(args.num_workers, cfg.preprocess.num_workers)
         if args.job_index is not None and args.nj < 2:
             raise ConfigError(f"--job_index {args.job_index} needs --nj > 1 (got --nj {args.nj})")
         run_stage1(cfg, choose_devices(), workers, args.nj, args.job_index, args.config)
-    except (ConfigError, CorpusError, CodecError, StageError, G2PError) as e:
-        print(f"preprocess.py: ERROR: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(
-            "preprocess.py: interrupted; re-run to resume (finished shards are kept)",
-            file=sys.stderr,
-        )
-        return 130
-    return 0
+
+    expected = (ConfigError, CorpusError, CodecError, StageError, G2PError)
+    return run_stage1_printing("preprocess.py", run, expected)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,11 @@ visible GPU, else the CPU.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 
 import torch
 
+from bins.tts._cli import run_stage1_printing
 from models.codec.encodec import CodecError
 from preprocessors.corpora import CorpusError
 from preprocessors.pipeline import StageError
@@ -27,19 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", required=True, help="json5 TokTTS recipe config")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, datefmt="%Y-%m-%d %H:%M:%S",
-                        format="%(asctime)s %(levelname)s [%(name)s] %(message)s")  # fmt: skip
-    try:
+
+    def run() -> None:
         cfg = load_toktts_config(args.config)
         run_stage1(cfg, "cuda:0" if torch.cuda.is_available() else "cpu")
-    except (ConfigError, CorpusError, CodecError, StageError, Stage1Error) as e:
-        print(f"toktts_preprocess.py: ERROR: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("toktts_preprocess.py: interrupted; re-run to resume (finished shards are kept)",
-              file=sys.stderr)  # fmt: skip
-        return 130
-    return 0
+
+    expected = (ConfigError, CorpusError, CodecError, StageError, Stage1Error)
+    return run_stage1_printing("toktts_preprocess.py", run, expected)
 
 
 if __name__ == "__main__":
