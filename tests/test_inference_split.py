@@ -12,15 +12,13 @@ from inference_world import (
     build_world,
     check_result,
     main,
-    read_records,
     run_sh,
     single,
 )
+from split_check import assert_same_run, run_records
 
 from models.base.inference import InferenceError
 from models.base.inference_split import split_requests, worker_devices
-
-TIMING = {"wall_time", "rtf", "batch_size", "output"}  # differ between runs / folders by nature
 
 
 @pytest.fixture(scope="module")
@@ -40,24 +38,10 @@ def world(tmp_path_factory):
     return world
 
 
-def _lines(run_dir: Path) -> list[dict]:
-    records = read_records(run_dir / "results.jsonl")
-    assert not list(run_dir.glob(".results.jsonl.worker-*"))  # part files merged and removed
-    return records
-
-
 def _same_run(one: Path, two: Path) -> None:
     """Two run folders hold the same results, line for line, and the same audio."""
-    a, b = _lines(one), _lines(two)
-    assert [r.get("line") for r in a] == [1, 3, 4, 6, 7, 2, 5]  # list order, then failures
-    assert len(a) == len(b)
-    for x, y in zip(a, b, strict=True):
-        assert {k: v for k, v in x.items() if k not in TIMING} == {
-            k: v for k, v in y.items() if k not in TIMING
-        }
-        if "output" in x:
-            assert Path(x["output"]).read_bytes() == Path(y["output"]).read_bytes(), x["line"]
-    assert sorted(p.name for p in one.glob("*.wav")) == sorted(p.name for p in two.glob("*.wav"))
+    records = assert_same_run(one, two)
+    assert [r.get("line") for r in records] == [1, 3, 4, 6, 7, 2, 5]  # list order, then failures
 
 
 def _one_device(world, out: Path, *extra: str) -> Path:
@@ -78,7 +62,7 @@ def test_two_workers_equal_one_device_through_run_sh(world, tmp_path):
     assert "(2 workers, their times summed)" in logs
     assert "worker 1 models.base.inference_split: ready on cpu" in logs  # its start-up time
     assert "line 5: audio prompt" in logs and "corrupt.wav" in logs  # a worker's failure
-    records = [r for r in _lines(tmp_path / "n2" / "batch") if "error" not in r]
+    records = [r for r in run_records(tmp_path / "n2" / "batch") if "error" not in r]
     assert len({r["frames"] for r in records}) > 1  # really decoded, different lengths
     for record in records:
         check_result(record, tmp_path / "n2" / "batch")
@@ -124,5 +108,5 @@ def test_single_mode_is_one_worker(world, tmp_path, caplog):
     caplog.set_level("INFO")
     assert single(world, tmp_path, "--num_workers", "2") == 0
     assert "workers:" not in caplog.text  # decoded in this process
-    (record,) = _lines(tmp_path / "single")
+    (record,) = run_records(tmp_path / "single")
     check_result(record, tmp_path / "single")

@@ -6,11 +6,14 @@ a clear message when a hub id cannot be fetched."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import soundfile
 import torch
 from parler_world import make_model_folder, make_stage1, write_config
+from safetensors.torch import load_file, save_file
+from split_check import assert_same_run
 
 from bins.tts import parler_inference
 from models.tts.parler import trainer as parler_trainer
@@ -77,6 +80,52 @@ def test_batch_equals_single_and_bad_lines_reported(world, tmp_path):
         (soundfile.read(r["output"])[0] != soundfile.read(by_name[r["name"]]["output"])[0]).any()
         for r in results(tmp_path / "s" / "batch") if "name" in r
     )  # fmt: skip
+
+
+def test_two_workers_equal_one_device_greedy_and_avg_checked(world, tmp_path, capfd):
+    root, model, _, cfg = world
+    exp = root / "exp" / "e"
+    batch = ("--mode", "batch", "--test_list_file", str(root / "list.txt"), "--do_sample",
+             "false", "--batch_size", "2")  # fmt: skip
+    assert infer(cfg, exp, tmp_path / "n1", *batch, "--num_workers", "1") == 1
+    capfd.readouterr()
+    assert infer(cfg, exp, tmp_path / "n2", *batch, "--num_workers", "2") == 1
+    assert "2 workers: worker 0 on cpu: 2 lines; worker 1 on cpu: 2 lines" in capfd.readouterr().err
+    records = assert_same_run(tmp_path / "n1" / "batch", tmp_path / "n2" / "batch")
+    assert [r.get("name", r["line"]) for r in records] == ["first", "2", "third", 3, 5, 6, 7]
+    assert records[0]["checkpoints"] == [str(p) for p in (exp / "checkpoint").glob("epoch-*")]
+    # a released folder holds one checkpoint: --avg 2 is refused before anything is written
+    single = ("--mode", "single", "--description", "a calm voice", "--text", "hi")
+    assert infer(cfg, model, tmp_path / "r", *single, "--avg", "2") == 1
+    err = capfd.readouterr().err
+    assert "--infer_avg 2: " in err and "is a released model with one checkpoint" in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_avg_2_decodes_with_the_mean_of_the_last_two_checkpoints(world, tmp_path):
+    root, _, _, cfg = world
+    (last,) = (root / "exp" / "e" / "checkpoint").glob("epoch-*")
+    weights = load_file(last / "model.safetensors")
+    scaled = {k: v * 0.9 if v.is_floating_point() else v for k, v in weights.items()}
+    two = tmp_path / "two"  # the experiment + an earlier checkpoint (step 1): the weights x 0.9
+    shutil.copytree(root / "exp" / "e", two)
+    earlier = two / "checkpoint" / "epoch-0000_step-0000001_loss-9.000000"
+    shutil.copytree(last, earlier)
+    save_file(scaled, earlier / "model.safetensors")
+    mean = tmp_path / "mean"  # the experiment with the mean, computed here, as its weights
+    shutil.copytree(root / "exp" / "e", mean)
+    save_file({k: (v + scaled[k]) / 2 if v.is_floating_point() else v for k, v in
+               weights.items()}, mean / "checkpoint" / last.name / "model.safetensors")  # fmt: skip
+    single = ("--mode", "single", "--description", "a sad voice with low pitch", "--text",
+              "quickly now", "--do_sample", "false")  # fmt: skip
+    assert infer(cfg, two, tmp_path / "avg", *single, "--avg", "2") == 0
+    assert infer(cfg, mean, tmp_path / "ref", *single) == 0
+    assert infer(cfg, two, tmp_path / "one", *single) == 0  # --avg 1: the last checkpoint only
+    (record,) = results(tmp_path / "avg" / "single")
+    assert record["checkpoints"] == [str(earlier), str(two / "checkpoint" / last.name)]
+    wav = {run: (tmp_path / run / "single" / "quickly_now.wav").read_bytes()
+           for run in ("avg", "ref", "one")}  # fmt: skip
+    assert record["frames"] > 0 and wav["avg"] == wav["ref"] != wav["one"]
 
 
 def test_single_from_released_folder_and_run_json(world, tmp_path):

@@ -58,3 +58,20 @@ def test_stages_1_to_3_through_run_sh(corpora, tmp_path):
     assert sorted(r["name"] for r in good) == ["3", "one"]
     for r in good:
         assert soundfile.info(r["output"]).samplerate == 44100
+
+
+def test_node_options_checked_as_in_valle_and_a_launched_copy_runs_only_stage_2(monkeypatch):
+    help_text = run("--help").stdout
+    for option in ("--nproc_per_node", "--num_nodes", "--node_rank", "--master_addr",
+                   "--master_port", "--infer_num_workers", "--infer_avg"):  # fmt: skip
+        assert option in help_text, option
+    bad = run("--stage", "1", "--num_nodes", "2", "--node_rank", "1")
+    assert bad.returncode != 0 and "Stage 1" not in bad.stdout
+    assert "--num_nodes 2 needs --master_addr: the host name or IP of node 0" in bad.stderr
+    assert "--nproc_per_node must be a whole number >= 1 (got '0'" in run(
+        "--nproc_per_node", "0").stderr  # fmt: skip
+    for key, value in {"SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}.items():
+        monkeypatch.setenv(key, value)
+    bad = run("--stage", "1")  # every srun task would redo stage 1
+    assert bad.returncode != 0 and "Stage 1" not in bad.stdout
+    assert "srun started this script as rank 1 of 2: run only --stage 2" in bad.stderr

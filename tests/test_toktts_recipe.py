@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from lhotse import CutSet
 from lhotse.qa import validate
+from split_check import assert_same_run
 from test_preprocess import _tuple_shapes
 
 from utils.config import REPO_ROOT
@@ -20,8 +21,8 @@ RUN_SH = REPO_ROOT / "egs" / "tts" / "TokTTS" / "run.sh"
 sys.path.insert(0, str(REPO_ROOT / "egs" / "tts" / "TokTTS" / "local"))
 
 
-def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp"}
+def run(*args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": "/tmp", **(env or {})}
     return subprocess.run(["sh", str(RUN_SH), *args], cwd="/", capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL, env=env)  # fmt: skip
 
@@ -67,7 +68,8 @@ def test_stages_1_to_3_report_bad_inputs_and_write_every_output(lj, tmp_path):
     tests.write_text(f"# text|name\n{said}|fox\ntoo|many|fields\n\n{texts[1]}\n\u00fc ber\n")
     exp = tmp_path / "exp" / "t"
     result = run("--config", str(cfg), "--stage", "1", "--stop_stage", "3", "--name", "t",
-                 "--infer_expt_dir", str(exp), "--infer_test_list_file", str(tests))  # fmt: skip
+                 "--infer_expt_dir", str(exp), "--infer_test_list_file", str(tests),
+                 "--infer_num_workers", "2", "--infer_top_k", "1")  # fmt: skip
     out = result.stdout + result.stderr
     assert result.returncode == 1, out[-3000:]  # the bad list line: everything else ran
     assert "line 3: expected text[|name], found 3" in out
@@ -99,6 +101,16 @@ def test_stages_1_to_3_report_bad_inputs_and_write_every_output(lj, tmp_path):
     assert all(Path(r["output"]).is_file() for r in results if "output" in r)
     run_info = json.loads((exp / "result" / "batch" / "run.json").read_text())
     assert run_info["kind"] == "experiment" and run_info["random_init_codec"] is True
+    assert "2 workers: worker 0 on cpu: 2 lines; worker 1 on cpu: 1 lines" in out
+    one = run("--config", str(cfg), "--stage", "3", "--infer_expt_dir", str(exp),
+              "--infer_test_list_file", str(tests), "--infer_top_k", "1",
+              "--infer_num_workers", "1", "--infer_output_dir", str(tmp_path / "n1"))  # fmt: skip
+    assert one.returncode == 1 and "workers:" not in one.stdout + one.stderr  # one device
+    assert_same_run(tmp_path / "n1" / "batch", exp / "result" / "batch")  # = the 2 workers'
+    avg = run("--config", str(cfg), "--stage", "3", "--infer_expt_dir", str(exp),
+              "--infer_text", "hi", "--infer_avg", "2")  # fmt: skip
+    assert avg.returncode == 1 and "--infer_avg 2: " in avg.stderr  # one checkpoint: no mean
+    assert "has 1 checkpoint(s)" in avg.stderr
 
     again = run("--config", str(cfg), "--stage", "1")  # idempotent: nothing redone
     assert again.returncode == 0 and "Stage 1 is already complete" in again.stdout + again.stderr
@@ -116,5 +128,15 @@ def test_options_checked_before_anything_runs():
     assert "needs --infer_text or --infer_test_list_file" in run(
         "-s", "3", "--infer_expt_dir", "x").stderr  # fmt: skip
     help_text = run("--help").stdout
-    for option in ("--infer_text", "--infer_test_list_file", "--test_list_file", "--resume"):
+    options = ["--infer_text", "--infer_test_list_file", "--test_list_file", "--resume"]
+    for option in [*options, "--num_nodes", "--master_port", "--infer_num_workers", "--infer_avg"]:
         assert option in help_text
+    bad = run("--stage", "1", "--num_nodes", "2", "--node_rank", "1")  # as VALL-E's run.sh
+    assert bad.returncode != 0 and "Stage 1" not in bad.stdout
+    assert "--num_nodes 2 needs --master_addr: the host name or IP of node 0" in bad.stderr
+    assert "--node_rank 3 is not below --num_nodes 2" in run(
+        "--num_nodes", "2", "--node_rank", "3", "--master_addr", "h").stderr  # fmt: skip
+    srun = {"SLURM_STEP_ID": "0", "SLURM_PROCID": "1", "SLURM_NTASKS": "2"}
+    bad = run("--stage", "1", env=srun)  # every task would redo stage 1
+    assert bad.returncode != 0 and "Stage 1" not in bad.stdout
+    assert "srun started this script as rank 1 of 2: run only --stage 2" in bad.stderr

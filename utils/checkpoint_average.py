@@ -40,11 +40,7 @@ def checkpoints_to_average(found: CheckpointSource, avg: str | int) -> list[Path
     if spec.isdigit() and int(spec) == 1:
         return [found.folder]
     if found.kind == "release":
-        raise CheckpointError(
-            f"--infer_avg {spec}: {found.root} is a released model with one checkpoint "
-            f"({found.folder.name}); averaging needs several checkpoints of one of our "
-            "experiments: use --infer_avg 1 (the default) with a release"
-        )
+        only_one_checkpoint(spec, found.root)
     if spec.isdigit():
         folders = _last(found, int(spec))
     else:
@@ -57,6 +53,17 @@ def checkpoints_to_average(found: CheckpointSource, avg: str | int) -> list[Path
     for folder in folders:
         _check_same_model(found, resolve_checkpoint(folder))
     return folders
+
+
+def only_one_checkpoint(avg: str | int, root: Path) -> None:
+    """A released / exported model folder holds one checkpoint: `--infer_avg` must be 1."""
+    spec = str(avg).strip()
+    if spec.isdigit() and int(spec) == 1:
+        return
+    raise CheckpointError(
+        f"--infer_avg {spec}: {root} is a released model with one checkpoint; averaging needs "
+        "several checkpoints of one of our experiments: use --infer_avg 1 (the default) with it"
+    )
 
 
 def _last(found: CheckpointSource, n: int) -> list[Path]:

@@ -9,6 +9,8 @@
 #                                   --num_nodes N, --node_rank R, --master_addr, --master_port
 #   launched_world                  "WORLD_SIZE RANK LAUNCHER" of an outer launcher (torchrun,
 #                                   accelerate launch, srun; utils/distributed.py), "1 0 none"
+#   check_launch                    check_nodes on run.sh's node options; started by a launcher,
+#                                   only --stage 2 --stop_stage 2 may run (recipe_env calls it)
 #   launch_python K N R HOST PORT SCRIPT ARG...
 #                                   already launched as a rank: SCRIPT runs in this process;
 #                                   K x N > 1: `accelerate launch`, K processes on this node of N;
@@ -117,4 +119,14 @@ run_inference() {  # run_inference SCRIPT ARG...: a stage-3 entry point; $infer_
   infer_run_dir=$(cat "$file")
   rm -f "$file"
   return "$rc"
+}
+
+check_launch() {  # check_launch: run.sh's node options (utils/parse_options.sh node_options)
+  # valid; started by torchrun / srun (one copy per process), only stage 2 may run
+  local world world_rank launcher
+  check_nodes "$nproc_per_node" "$num_nodes" "$node_rank" "$master_addr" "$master_port"
+  read -r world world_rank launcher < <(launched_world)
+  [ "$launcher" = none ] || { [ "$stage" -eq 2 ] && [ "$stop_stage" -eq 2 ]; } ||
+    die "$launcher started this script as rank $world_rank of $world: run only --stage 2" \
+      "--stop_stage 2 that way (one copy per process); the other stages run once, outside it"
 }

@@ -14,7 +14,11 @@
 # arguments stop the script naming the culprit; -h / --help prints every option and exits.
 # Also here: log / die (timestamped, icefall style), one_of (value checks) and the recipe-stage
 # helpers stage_selected / needs (required options checked before any stage runs), and opt_args
-# (options handed on to a stage's entry point).
+# (options handed on to a stage's entry point). The option blocks every recipe shares are
+# declared here once: recipe_options (--config --name --stage --stop_stage --gpu --resume*),
+# node_options (stage 2 on several machines), stage3_options (decoding, --infer_num_workers,
+# --infer_avg, stage 4's folders); recipe_checks / recipe_env / train_args / stage3_args check
+# them, set up the environment and hand them on.
 
 if [ -z "${BASH_VERSION:-}" ]; then
   echo "utils/parse_options.sh needs bash (re-exec the script under bash first)" >&2
@@ -157,4 +161,69 @@ opt_args() {  # opt_args FLAG VALUE...: NUL-separated FLAG VALUE pairs, the empt
     [ -z "$2" ] || printf '%s\0%s\0' "$1" "$2"
     shift 2
   done
+}
+
+# ---- the option blocks every recipe's run.sh shares (declared here once) ---------------------
+recipe_options() {  # recipe_options: --config (default: the recipe's exp_config.json), --name,
+  # --stage/--stop_stage, --gpu and stage 2's --resume* (call after setting $exp_dir)
+  opt -c config "$exp_dir/exp_config.json" "json5 recipe config"
+  opt -n name "" "stage 2: experiment name, written to <log_dir>/NAME"
+  opt -s stage 1 "first recipe stage: 1 data, 2 training, 3 inference, 4 evaluation"
+  opt stop_stage "" "last recipe stage to run [same as --stage]"
+  opt gpu "" "visible GPU ids, e.g. 0,1 [all; the CPU when there is none]"
+  opt resume false "stage 2: continue the experiment (true/false)"
+  opt resume_from_ckpt_path "" "stage 2: checkpoint dir to resume from [newest of the experiment]"
+  opt resume_type resume "stage 2: resume (everything) or finetune (weights only)"
+}
+
+node_options() {  # node_options: stage 2 on several machines (torchrun's names; utils/launch.sh
+  # check_launch validates them, launch_python uses them)
+  opt nproc_per_node "" "stage 2: training processes on this node [one per visible GPU; CPU: 1]"
+  opt num_nodes 1 "stage 2: machines training together (torchrun's --nnodes)"
+  opt node_rank 0 "stage 2: this machine's rank, 0 .. num_nodes-1"
+  opt master_addr "" "stage 2: host name or IP of node 0 (needed when num_nodes > 1)"
+  opt master_port "" "stage 2: rendezvous TCP port on node 0 [29500 with num_nodes > 1; else free]"
+}
+
+stage3_options() {  # stage3_options: the decoding options every recipe's stage 3 takes
+  opt infer_output_dir "" "stage 3: output folder [<infer_expt_dir>/result]"
+  opt infer_checkpoint "" "stage 3: latest or best [inference.checkpoint]"
+  opt infer_top_p "" "stage 3: nucleus sampling [inference.top_p]"
+  opt infer_temperature "" "stage 3: sampling temperature [inference.temperature]"
+  opt infer_seed "" "stage 3: sampling seed [inference.seed]"
+  opt infer_batch_size "" "stage 3: lines decoded together [inference.batch_size]"
+  opt infer_num_workers "" "stage 3 batch: processes sharing the list [one per visible GPU, else 1]"
+  opt infer_avg 1 "stage 3: mean of the last N checkpoints, or NAME,NAME,... (in checkpoint/)"
+  opt overwrite false "stage 3: write into an existing output folder (true/false)"
+  opt eval_input_dir "" "stage 4: stage-3 folder with results.jsonl [with 3: the one written]"
+  opt eval_output_dir "" "stage 4: metrics and summary [<eval_input_dir>/eval]"
+}
+
+train_args() {  # train_args: recipe_options' stage-2 values for the entry point (opt_args' format)
+  opt_args --config "$config" --exp_name "$name" --resume "$resume" --resume_type "$resume_type" \
+    --resume_from_ckpt_path "$resume_from_ckpt_path"
+}
+
+stage3_args() {  # stage3_args: stage3_options' values for the entry point (opt_args' format)
+  opt_args --output_dir "$infer_output_dir" --checkpoint "$infer_checkpoint" \
+    --top_p "$infer_top_p" --temperature "$infer_temperature" --seed "$infer_seed" \
+    --batch_size "$infer_batch_size" --num_workers "$infer_num_workers" --avg "$infer_avg"
+}
+
+recipe_checks() {  # recipe_checks N: what recipe_options / stage3_options take, checked:
+  # --stage .. --stop_stage in 1..N, --config exists, true/false and resume/finetune values
+  check_stages "$1"
+  one_of resume true false
+  one_of resume_type resume finetune
+  one_of overwrite true false
+  needs 2 name
+}
+
+recipe_env() {  # recipe_env: the venv (env.sh) and utils/launch.sh; the node options checked:
+  # under torchrun / srun only stage 2 runs (one copy per process)
+  [ -f "$work_dir/.venv/bin/activate" ] || die "$work_dir/.venv is missing: run 'make install' once"
+  # shellcheck disable=SC1091
+  . "$work_dir/env.sh"
+  . "$work_dir/utils/launch.sh"
+  check_launch
 }

@@ -78,8 +78,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--text", default="", help="single mode: text to speak")
     p.add_argument("--text_prompt", default="", help="single mode: transcript of the prompt")
     p.add_argument("--audio_prompt", type=Path, default=None, help="single mode: prompt audio")
-    p.add_argument("--num_workers", type=int, default=None, help="batch: processes [GPUs or 1]")
-    p.add_argument("--avg", default="1", help="mean of the last N checkpoints or of NAME,NAME [1]")
     return parse_stage3(p, argv, OVERRIDES)
 
 

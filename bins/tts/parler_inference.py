@@ -13,31 +13,41 @@ shared shell models/base/inference.py). Outputs: OUT/<mode>/<name>.wav, results.
 per utterance and per failed line), run.json; OUT defaults to DIR/result (a release:
 <log_dir>/<its last name>/result). A bad line is reported with its number, the others still
 run, and the exit status is 1.
+
+As in VALL-E's stage 3 (bins/tts/inference.py): a list is split over --num_workers processes
+(default: one per visible GPU, 1 without; models/base/inference_split.py) with the output of a
+one-process run line for line, and --avg N / NAME,NAME decodes with the mean of those
+checkpoints' weights (utils/checkpoint_average.py; a released folder: 1 only).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import logging
 import sys
 from pathlib import Path
 
-import torch
-
-from bins.tts._cli import parse_stage3, run_reporting, str2bool
-from models.base.inference import (
-    Failure,
-    InferenceError,
-    claim_run_dir,
-    read_test_list,
-    safe_name,
-    synthesize,
+from bins.tts._cli import (
+    claim_output,
+    decode_all,
+    parse_stage3,
+    read_requests,
+    run_reporting,
+    str2bool,
+    synthesis_factory,
 )
-from models.tts.parler.inference import Request, find_model_source, load_synthesizer, parse_line
+from models.base.inference import Failure, InferenceError, safe_name
+from models.tts.parler.inference import (
+    Request,
+    find_model_source,
+    load_codec,
+    load_synthesizer,
+    parse_line,
+)
+from utils.checkpoint import CheckpointError
 from utils.config import ConfigError, resolve_path
 from utils.config_parler import load_parler_config
-from utils.fileio import atomic_write_text
 
 log = logging.getLogger("inference")
 OVERRIDES = {"checkpoint": str, "top_k": int, "top_p": float, "temperature": float, "seed": int}
@@ -54,16 +64,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def requests(args: argparse.Namespace) -> tuple[list[Request], list[Failure]]:
-    if args.mode == "single":
-        if not args.description.strip() or not args.text.strip():
-            raise InferenceError("--mode single needs --description and --text")
-        text = args.text.strip()
-        return [Request(safe_name(text), args.description.strip(), text)], []
-    utts, failures = read_test_list(args.test_list_file, parse_line)
-    for failure in failures:
-        log.error("%s: %s", args.test_list_file, failure)
-    log.info("%s: %d utterances, %d bad lines", args.test_list_file, len(utts), len(failures))
-    return utts, failures
+    if args.mode == "batch":
+        return read_requests(args.test_list_file, parse_line, log)
+    if not args.description.strip() or not args.text.strip():
+        raise InferenceError("--mode single needs --description and --text")
+    text = args.text.strip()
+    return [Request(safe_name(text), args.description.strip(), text)], []
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,10 +77,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_parler_config(args.config, {"inference": overrides})
     inf = cfg.inference
     utts, failures = requests(args)
-    source = find_model_source(args.expt_dir, inf.checkpoint, inf.codec)
-    log.info("model: %s", source.describe())
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    synth = load_synthesizer(source, inf, device)
+    source = find_model_source(args.expt_dir, inf.checkpoint, inf.codec, args.avg)
+    checkpoints = [str(p) for p in source.checkpoints or [source.weights.parent]]
+    log.info("model: %s; weights: %s", source.describe(), ", ".join(checkpoints))
+    setup = synthesis_factory(args, functools.partial(load_synthesizer, source, inf))
+    codec = setup[2].codec if setup[2] else load_codec(source, "cpu")
     log.info("decoding: do_sample=%s top_k=%d top_p=%g temperature=%g seed=%d batch_size=%d "
              "max_new_tokens=%d kv_cache=%s", inf.do_sample, inf.top_k, inf.top_p,
              inf.temperature, inf.seed, inf.batch_size, inf.max_new_tokens,
@@ -83,15 +90,11 @@ def run(args: argparse.Namespace) -> int:
     default_out = source.root
     if source.kind == "release":
         default_out = resolve_path(cfg.log_dir) / Path(str(args.expt_dir)).name
-    run_dir = claim_run_dir(args.output_dir or default_out / "result", args.mode, args.overwrite)
-    info = {"kind": source.kind, "root": str(source.root), "weights": str(source.weights),
-            "config": str(args.config),
-            "random_init_codec": synth.codec.is_random_init}  # fmt: skip
-    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
-    if args.run_dir_file is not None:
-        atomic_write_text(args.run_dir_file, f"{run_dir.resolve()}\n")
-    summary = synthesize(synth, utts, run_dir, failures, batch_size=inf.batch_size,
-                         seed=inf.seed, progress=args.progress)  # fmt: skip
+    run_dir = claim_output(args, default_out, {
+        "kind": source.kind, "root": str(source.root), "weights": str(source.weights),
+        "checkpoints": checkpoints, "config": str(args.config),
+        "random_init_codec": codec.is_random_init})  # fmt: skip
+    summary = decode_all(args, setup, utts, run_dir, failures, inf, {"checkpoints": checkpoints})
     if summary.failures:
         listed = "\n".join(f"  {f}" for f in summary.failures)
         log.error("%d failed:\n%s", len(summary.failures), listed)
@@ -100,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_reporting(run, parse_args(argv), (InferenceError, ConfigError), log)
+    expected = (InferenceError, ConfigError, CheckpointError)
+    return run_reporting(run, parse_args(argv), expected, log)
 
 
 if __name__ == "__main__":

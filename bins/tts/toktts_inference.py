@@ -11,31 +11,44 @@ overridden by the options below. Output: OUT/single/<name>.wav or OUT/batch/<nam
 OUT/<mode>/results.jsonl and run.json (OUT: --output_dir, default DIR/result; a later run goes
 to <mode>-2, ... unless --overwrite true). A bad line is reported with its number, the other
 lines are synthesised, and the exit status is 1.
+
+As in VALL-E's stage 3 (bins/tts/inference.py): a list is split over --num_workers processes
+(default: one per visible GPU, 1 without; models/base/inference_split.py) with the output of a
+one-process run line for line, and --avg N / NAME,NAME decodes with the mean of those
+checkpoints' weights (utils/checkpoint_average.py; an exported model folder: 1 only).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import logging
 import sys
 from pathlib import Path
 
 import torch
 
-from bins.tts._cli import run_reporting, str2bool
-from models.base.inference import InferenceError, claim_run_dir, read_test_list, safe_name
-from models.base.inference import synthesize as run_synthesis
+from bins.tts._cli import (
+    add_stage3_options,
+    claim_output,
+    decode_all,
+    read_requests,
+    run_reporting,
+    str2bool,
+    synthesis_factory,
+)
+from models.base.inference import InferenceError, safe_name
+from models.codec.encodec import CodecTokenizer
 from models.tts.toktts.inference import (
     TextRequest,
     TokTTSSynthesis,
     default_reference,
     parse_line,
 )
-from models.tts.toktts.pipeline import ModelDirError, find_model, load_source
+from models.tts.toktts.pipeline import ModelDirError, ModelSource, find_model, load_source
 from utils.checkpoint import CheckpointError
+from utils.config import InferenceConfig
 from utils.config_loader import ConfigError
-from utils.fileio import atomic_write_text
 from utils.toktts_config import load_toktts_config
 
 log = logging.getLogger("inference")
@@ -50,18 +63,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--expt_dir", required=True, type=Path, help="experiment/checkpoint/model dir")
     p.add_argument("--text", default="", help="one text to speak (single mode)")
     p.add_argument("--test_list_file", type=Path, help="text[|name] lines (batch mode)")
-    p.add_argument("--output_dir", type=Path, help="[EXPT_DIR/result]")
-    p.add_argument("--overwrite", type=str2bool, default=False, help="reuse OUT/<mode> [false]")
     p.add_argument(
         "--reference_audio",
         type=Path,
         help="stage 4's SIM-o reference [the experiment's first valid utterance]",
     )
-    p.add_argument("--device", help="torch device [cuda if available, else cpu]")
-    p.add_argument("--progress", type=str2bool, default=True, help="progress bar [true]")
-    p.add_argument("--run_dir_file", type=Path, help="write the run folder's path here")
-    for key, kind in SETTINGS.items():
-        p.add_argument(f"--{key}", type=kind, help=f"[inference.{key}]")
+    add_stage3_options(p, SETTINGS)
     args = p.parse_args(argv)
     if bool(args.text.strip()) == (args.test_list_file is not None):
         p.error("give either --text (single mode) or --test_list_file (batch mode)")
@@ -69,41 +76,40 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def requests(args: argparse.Namespace) -> tuple[list[TextRequest], list]:
-    if args.mode == "single":
-        return [TextRequest(safe_name(args.text), args.text.strip())], []
-    utts, failures = read_test_list(args.test_list_file, parse_line)
-    for failure in failures:
-        log.error("%s: %s", args.test_list_file, failure)
-    log.info("%s: %d texts, %d bad lines", args.test_list_file, len(utts), len(failures))
-    return utts, failures
+def make_synthesis(
+    source: ModelSource, inf: InferenceConfig, reference: Path | None, device: torch.device
+) -> TokTTSSynthesis:
+    """Model, character table and codec on `device` (in each worker process)."""
+    model, chars, codec = load_source(source, device)
+    return TokTTSSynthesis(model, chars, codec, inf, source.normalize_text, reference)
 
 
 def run(args: argparse.Namespace) -> int:
     settings = {k: getattr(args, k) for k in SETTINGS if getattr(args, k) is not None}
     inf = load_toktts_config(args.config, {"inference": settings}).inference
-    utts, failures = requests(args)
-    source = find_model(args.expt_dir, inf.checkpoint)
-    log.info("model: %s %s (weights %s)", source.kind, source.root, source.weights)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model, chars, codec = load_source(source, device)
+    if args.mode == "single":
+        utts, failures = [TextRequest(safe_name(args.text), args.text.strip())], []
+    else:
+        utts, failures = read_requests(args.test_list_file, parse_line, log)
+    source = find_model(args.expt_dir, inf.checkpoint, args.avg)
+    checkpoints = [str(p) for p in source.checkpoints or [source.weights.parent]]
+    log.info("model: %s %s (weights: %s)", source.kind, source.root, ", ".join(checkpoints))
     reference = args.reference_audio or default_reference(source.root)
     if reference is not None and not reference.is_file():
         raise InferenceError(f"--reference_audio {reference}: no such file")
     log.info("reference voice (SIM-o in stage 4): %s", reference or "none")
-    synth = TokTTSSynthesis(model, chars, codec, inf, source.normalize_text, reference)
-    log.info("decoding: top_k=%d top_p=%g temperature=%g seed=%d batch_size=%d max_frames=%d",
-             inf.top_k, inf.top_p, inf.temperature, inf.seed, inf.batch_size,
-             synth.max_frames)  # fmt: skip
-    run_dir = claim_run_dir(args.output_dir or args.expt_dir / "result", args.mode, args.overwrite)
-    info = {"kind": source.kind, "root": str(source.root), "weights": str(source.weights),
-            "config": str(args.config), "random_init_codec": codec.is_random_init}  # fmt: skip
-    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2) + "\n")
-    if args.run_dir_file is not None:
-        atomic_write_text(args.run_dir_file, f"{run_dir.resolve()}\n")
-    summary = run_synthesis(synth, utts, run_dir, failures, batch_size=inf.batch_size,
-                            seed=inf.seed, progress=args.progress)  # fmt: skip
-    if codec.is_random_init:
+    setup = synthesis_factory(args, functools.partial(make_synthesis, source, inf, reference))
+    codec = setup[2].codec if setup[2] else CodecTokenizer.from_processed_dir(source.root)
+    random_codec = codec.is_random_init
+    log.info("decoding: top_k=%d top_p=%g temperature=%g seed=%d batch_size=%d max_frames=%d "
+             "max_seconds=%g", inf.top_k, inf.top_p, inf.temperature, inf.seed, inf.batch_size,
+             inf.max_frames, inf.max_seconds)  # fmt: skip
+    run_dir = claim_output(args, args.expt_dir, {
+        "kind": source.kind, "root": str(source.root), "weights": str(source.weights),
+        "checkpoints": checkpoints, "config": str(args.config),
+        "random_init_codec": random_codec})  # fmt: skip
+    summary = decode_all(args, setup, utts, run_dir, failures, inf, {"checkpoints": checkpoints})
+    if random_codec:
         log.warning("the codec is RANDOM-INIT: the audio in %s is meaningless noise", run_dir)
     for failure in summary.failures:
         log.error("FAILED %s%s", f"{args.test_list_file}: " * (args.mode == "batch"), failure)

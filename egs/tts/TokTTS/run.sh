@@ -21,39 +21,21 @@ work_dir=$(cd "$exp_dir/../../.." && pwd)
 help_message="Usage: sh egs/tts/TokTTS/run.sh [options]
 Runs the TokTTS recipe stages --stage .. --stop_stage
 (1 data, 2 training, 3 inference, 4 evaluation)."
-opt -c config "$exp_dir/exp_config.json" "json5 recipe config"
-opt -n name "" "stage 2: experiment name, written to <log_dir>/NAME"
-opt -s stage 1 "first recipe stage: 1 data, 2 training, 3 inference, 4 evaluation"
-opt stop_stage "" "last recipe stage to run [same as --stage]"
-opt gpu "" "visible GPU ids, e.g. 0,1 [all; the CPU when there is none]"
-opt resume false "stage 2: continue the experiment (true/false)"
-opt resume_from_ckpt_path "" "stage 2: checkpoint dir to resume from [newest of the experiment]"
-opt resume_type resume "stage 2: resume (everything) or finetune (weights only)"
+recipe_options  # --config --name --stage --stop_stage --gpu --resume*
+node_options  # --nproc_per_node --num_nodes --node_rank --master_addr --master_port
 opt infer_expt_dir "" "stage 3: experiment, checkpoint or exported TokTTS model folder"
-opt infer_output_dir "" "stage 3: output folder [<infer_expt_dir>/result]"
 opt infer_text "" "stage 3 single: the text to synthesise"
 opt infer_test_list_file "" "stage 3 batch: list of text[|name] lines"
 opt_alias test_list_file infer_test_list_file
-opt infer_checkpoint "" "stage 3: latest or best [inference.checkpoint]"
 opt infer_top_k "" "stage 3: top-k sampling, 1 = greedy [inference.top_k]"
-opt infer_top_p "" "stage 3: nucleus sampling [inference.top_p]"
-opt infer_temperature "" "stage 3: sampling temperature [inference.temperature]"
-opt infer_seed "" "stage 3: sampling seed [inference.seed]"
-opt infer_batch_size "" "stage 3: texts decoded together [inference.batch_size]"
 opt infer_max_seconds "" "stage 3: cap on generated seconds [inference.max_seconds]"
 opt infer_reference_audio "" "stage 3: voice reference for stage 4's SIM-o [first valid utterance]"
-opt overwrite false "stage 3: write into an existing output folder (true/false)"
-opt eval_input_dir "" "stage 4: stage-3 folder with results.jsonl [with 3: the one written]"
-opt eval_output_dir "" "stage 4: metrics and summary [<eval_input_dir>/eval]"
+stage3_options  # --infer_output_dir --infer_checkpoint ... --infer_num_workers --infer_avg
 opt eval_asr "" "stage 4: whisper, hubert or pocketsphinx [evaluation.asr]"
 opt eval_mos "" "stage 4: dnsmos or none [evaluation.mos]"
 parse_options "$@"
 
-check_stages 4  # --stage .. --stop_stage in 1..4; --config exists (made absolute)
-one_of resume true false
-one_of resume_type resume finetune
-one_of overwrite true false
-needs 2 name
+recipe_checks 4  # --stage .. --stop_stage in 1..4, --config, --resume*, --overwrite, --name
 needs 3 infer_expt_dir
 if stage_selected 3 && [ -z "$infer_text" ] && [ -z "$infer_test_list_file" ]; then
   die "stage 3 needs --infer_text or --infer_test_list_file"
@@ -62,10 +44,7 @@ elif stage_selected 3 && [ -n "$infer_text" ] && [ -n "$infer_test_list_file" ];
 fi
 [ "$stage" -le 3 ] || needs 4 eval_input_dir  # with stage 3: the folder it writes
 
-[ -f "$work_dir/.venv/bin/activate" ] || die "$work_dir/.venv is missing: run 'make install' once"
-# shellcheck disable=SC1091
-. "$work_dir/env.sh"
-. "$work_dir/utils/launch.sh"
+recipe_env  # venv, utils/launch.sh; node options checked; torchrun / srun: only stage 2
 absolute_paths resume_from_ckpt_path infer_expt_dir infer_output_dir infer_test_list_file \
   infer_reference_audio eval_input_dir eval_output_dir
 cd "$work_dir"
@@ -80,23 +59,18 @@ fi
 
 if stage_selected 2; then
   log "Stage 2: training (experiment '$name')"
-  mapfile -d '' extra < <(opt_args --resume_from_ckpt_path "$resume_from_ckpt_path")
-  launch_python "$(num_visible_gpus)" bins/tts/toktts_train.py --config "$config" \
-    --exp_name "$name" --resume "$resume" --resume_type "$resume_type" ${extra[@]+"${extra[@]}"}
+  mapfile -d '' extra < <(train_args)  # --config --exp_name --resume*
+  launch_python "$nproc_per_node" "$num_nodes" "$node_rank" "$master_addr" "$master_port" \
+    bins/tts/toktts_train.py ${extra[@]+"${extra[@]}"}
 fi
 
 if stage_selected 3; then
   log "Stage 3: inference from $infer_expt_dir"
-  mapfile -d '' extra < <(opt_args --output_dir "$infer_output_dir" --text "$infer_text" \
-    --test_list_file "$infer_test_list_file" --checkpoint "$infer_checkpoint" \
-    --top_k "$infer_top_k" --top_p "$infer_top_p" --temperature "$infer_temperature" \
-    --seed "$infer_seed" --batch_size "$infer_batch_size" --max_seconds "$infer_max_seconds" \
-    --reference_audio "$infer_reference_audio")
-  run_dir_file=$(mktemp)
-  trap 'rm -f "$run_dir_file"' EXIT
-  python bins/tts/toktts_inference.py --config "$config" --expt_dir "$infer_expt_dir" \
-    --overwrite "$overwrite" --run_dir_file "$run_dir_file" ${extra[@]+"${extra[@]}"}
-  infer_run_dir=$(cat "$run_dir_file"); rm -f "$run_dir_file"
+  mapfile -d '' extra < <(stage3_args; opt_args --text "$infer_text" \
+    --test_list_file "$infer_test_list_file" --top_k "$infer_top_k" \
+    --max_seconds "$infer_max_seconds" --reference_audio "$infer_reference_audio")
+  run_inference bins/tts/toktts_inference.py --config "$config" --expt_dir "$infer_expt_dir" \
+    --overwrite "$overwrite" ${extra[@]+"${extra[@]}"}
   log "Stage 3 wrote $infer_run_dir"
   [ -n "$eval_input_dir" ] || eval_input_dir=$infer_run_dir
 fi

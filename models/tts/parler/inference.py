@@ -36,7 +36,8 @@ from models.tts.parler.pretrained import (
     resolve_folder,
 )
 from models.tts.parler.trainer import experiment_codec, experiment_model_dir
-from utils.checkpoint import CheckpointError, load_weights, resolve_checkpoint
+from utils.checkpoint import CheckpointError, resolve_checkpoint
+from utils.checkpoint_average import average_weights, checkpoints_to_average, only_one_checkpoint
 from utils.config import read_json5
 
 log = logging.getLogger(__name__)
@@ -51,13 +52,17 @@ class ModelSource:
     folder: Path  # released-layout files: config.json, tokenizer (our experiments: <exp>/parler)
     weights: Path  # model.safetensors (released: the folder's, maybe sharded)
     codec: str  # DAC: a DacCodec.save folder, a DacModel folder or hub id; "" = inside `folder`
+    checkpoints: tuple[Path, ...] = ()  # averaged checkpoint folders (--infer_avg); () = weights
 
     def describe(self) -> str:
         return f"{self.kind} {self.root} (weights {self.weights}, codec {self.codec})"
 
 
-def find_model_source(path: str | Path, which: str = "latest", codec: str = "") -> ModelSource:
-    """Our experiment / checkpoint folder, or a released folder / hub id (see module doc)."""
+def find_model_source(
+    path: str | Path, which: str = "latest", codec: str = "", avg: str = "1"
+) -> ModelSource:
+    """Our experiment / checkpoint folder, or a released folder / hub id (see module doc); `avg`
+    (--infer_avg): the checkpoints whose mean is used (utils/checkpoint_average.py)."""
     p = Path(path)
     config = p / "config.json"
     if config.is_file() and read_json5(config).get("model_type") == "parler_tts" or not p.exists():
@@ -65,6 +70,7 @@ def find_model_source(path: str | Path, which: str = "latest", codec: str = "") 
             folder = resolve_folder(path)
         except ParlerLoadError as e:
             raise InferenceError(str(e)) from None
+        only_one_checkpoint(avg, folder)
         return ModelSource("release", folder, folder, folder / "model.safetensors", codec)
     try:
         found = resolve_checkpoint(p, which)
@@ -74,8 +80,9 @@ def find_model_source(path: str | Path, which: str = "latest", codec: str = "") 
         codec = codec or str(experiment_codec(found.root))
     except ParlerLoadError as e:
         raise InferenceError(str(e)) from None
+    averaged = checkpoints_to_average(found, avg)
     return ModelSource(found.kind, found.root, experiment_model_dir(found.folder), found.weights,
-                       codec)  # fmt: skip
+                       codec, tuple(averaged) if len(averaged) > 1 else ())  # fmt: skip
 
 
 def load_model(source: ModelSource, device: torch.device | str = "cpu") -> ParlerTTS:
@@ -85,7 +92,7 @@ def load_model(source: ModelSource, device: torch.device | str = "cpu") -> Parle
         if source.kind == "release":
             state = read_weights(source.folder)
         else:
-            state = load_weights(source.weights.parent)
+            state = average_weights(source.checkpoints or [source.weights.parent])
         load_state(model, state, source.weights)
     except (ParlerLoadError, CheckpointError) as e:
         raise InferenceError(str(e)) from None

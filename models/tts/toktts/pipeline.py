@@ -110,6 +110,7 @@ class ModelSource:
     model_file: Path  # where `model` comes from
     random_init: bool  # never trained (a model folder that says so)
     normalize_text: bool  # the stage-1 text normaliser was on (text.normalize)
+    checkpoints: tuple[Path, ...] = ()  # averaged checkpoint folders (--infer_avg); () = weights
 
 
 def _read_json(path: Path) -> dict:
@@ -122,9 +123,11 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def find_model(path: str | os.PathLike, which: str = "latest") -> ModelSource:
-    """A model folder, or an experiment (its `which` checkpoint: latest / best) or checkpoint."""
+def find_model(path: str | os.PathLike, which: str = "latest", avg: str = "1") -> ModelSource:
+    """A model folder, or an experiment (its `which` checkpoint: latest / best) or checkpoint;
+    `avg` (--infer_avg): the checkpoints whose mean is used (utils/checkpoint_average.py)."""
     from utils.checkpoint import CheckpointError, resolve_checkpoint
+    from utils.checkpoint_average import checkpoints_to_average, only_one_checkpoint
 
     root = Path(path)
     config = root / CONFIG
@@ -132,6 +135,7 @@ def find_model(path: str | os.PathLike, which: str = "latest") -> ModelSource:
     if meta.get("format") == FORMAT:
         if not isinstance(meta.get("model"), dict):
             raise ModelDirError(f"{config}: no 'model' section")
+        only_one_checkpoint(avg, root)
         return ModelSource(
             "model_dir",
             root,
@@ -154,9 +158,9 @@ def find_model(path: str | os.PathLike, which: str = "latest") -> ModelSource:
             f"{found.config}: not a TokTTS experiment (model_type {saved.get('model_type')!r})"
         )
     normalize = bool(saved.get("preprocess", {}).get("normalize_text"))
-    return ModelSource(
-        found.kind, found.root, found.weights, found.model, found.model_file, False, normalize
-    )
+    averaged = checkpoints_to_average(found, avg)
+    return ModelSource(found.kind, found.root, found.weights, found.model, found.model_file, False,
+                       normalize, tuple(averaged) if len(averaged) > 1 else ())  # fmt: skip
 
 
 def load_model_dir(
@@ -171,11 +175,15 @@ def load_source(
     source: ModelSource, device: torch.device | str = "cpu"
 ) -> tuple[TokTTS, CharTable, CodecTokenizer]:
     from utils.checkpoint import CheckpointError, load_tensor_file
+    from utils.checkpoint_average import average_weights
 
     cfg = TokTTSConfig.from_dict(source.model, f"{source.model_file} (model section)")
     model = TokTTS(cfg)
     try:
-        model.load_state_dict(load_tensor_file(source.weights))
+        if source.checkpoints:  # --infer_avg: the mean of several checkpoints' weights
+            model.load_state_dict(average_weights(source.checkpoints))
+        else:
+            model.load_state_dict(load_tensor_file(source.weights))
     except CheckpointError as e:
         raise ModelDirError(str(e)) from None
     except RuntimeError as e:  # wrong keys or shapes: first problem only (the list is long)
