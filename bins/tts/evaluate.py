@@ -36,6 +36,9 @@ from utils.config_parler import load_parler_config
 from utils.toktts_config import load_toktts_config
 
 log = logging.getLogger("evaluate")
+# --recipe -> its config loader (Parler-TTS / TokTTS records have no prompt audio: no SIM-o from a
+# prompt, no SIM-r; Parler-TTS scores same-speaker similarity instead)
+CONFIG_LOADERS = {"valle": load_config, "parler": load_parler_config, "toktts": load_toktts_config}
 OVERRIDES = {"asr": str, "asr_model": str, "sim": str, "sim_model": str, "mos": str}
 OVERRIDES.update(batch_size=int, device=str, sim_r=str2bool)
 NOISE_WARNING = (
@@ -50,9 +53,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--input_dir", required=True, type=Path, help="folder with results.jsonl")
     p.add_argument("--output_dir", type=Path, default=None, help="[INPUT_DIR/eval]")
     p.add_argument("--progress", type=str2bool, default=True, help="tqdm progress bar [true]")
-    p.add_argument(
-        "--recipe", choices=["valle", "parler", "toktts"], default="valle", help="config kind"
-    )
+    p.add_argument("--recipe", choices=list(CONFIG_LOADERS), default="valle", help="config kind")
     for name, kind in OVERRIDES.items():
         p.add_argument(f"--{name}", type=kind, default=None, help=f"[evaluation.{name}]")
     return p.parse_args(argv)
@@ -89,13 +90,7 @@ def run_info(input_dir: Path, cfg) -> tuple[dict, object]:
 
 def run(args: argparse.Namespace) -> int:
     overrides = {k: getattr(args, k) for k in OVERRIDES if getattr(args, k) is not None}
-    if args.recipe == "parler":  # no prompt audio: no SIM-o / SIM-r, same-speaker SIM instead
-        overrides.pop("sim_r", None)
-        cfg = load_parler_config(args.config, overrides={"evaluation": overrides})
-    elif args.recipe == "toktts":
-        cfg = load_toktts_config(args.config, overrides={"evaluation": overrides})
-    else:
-        cfg = load_config(args.config, overrides={"evaluation": overrides})
+    cfg = CONFIG_LOADERS[args.recipe](args.config, overrides={"evaluation": overrides})
     ev = cfg.evaluation
     out_dir = args.output_dir or args.input_dir / "eval"
     items, failures = read_results(args.input_dir / "results.jsonl")
