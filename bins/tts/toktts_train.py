@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from bins.tts._cli import run_reporting
 from models.base.train_data import DataError
 from models.base.train_state import TrainingError
 from models.tts.toktts.pipeline import ModelDirError
@@ -20,11 +21,7 @@ from models.tts.toktts.trainer import main
 from utils.checkpoint import CheckpointError
 from utils.config_loader import ConfigError
 
+ERRORS = (ConfigError, DataError, CheckpointError, TrainingError, ModelDirError)
+
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, datefmt="%Y-%m-%d %H:%M:%S",
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    try:
-        sys.exit(main(sys.argv[1:]))
-    except (ConfigError, DataError, CheckpointError, TrainingError, ModelDirError) as e:
-        logging.getLogger("codectts.train").error("%s", e)
-        sys.exit(1)
+    sys.exit(run_reporting(main, sys.argv[1:], ERRORS, logging.getLogger("codectts.train")))
